@@ -125,6 +125,10 @@ class CrosscoderConfig:
     """BatchTopK reconstruction term: crosscoder_learning's unsquared L2 per model, or summed squared error."""
     threshold_start_step: int = 1000
     """BatchTopK: step from which the EMA inference threshold (beta 0.999) is tracked."""
+    exclusive: int = 0
+    """Dedicated latents per model (0 = a standard crosscoder). With n > 0 the last n latents per model decode into
+    that model only and the other latents are shared with one decoder tied across models, so every difference between
+    the models must be carried by a dedicated latent (see docs/architecture.md, "dedicated latents")."""
 
 
 @dataclass

@@ -400,6 +400,7 @@ class CrossCoder(nn.Module):
         threshold_start_step: int = 1000,
         row_budget_mult: int = 4,
         seed: int = 0,
+        exclusive: int = 0,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -417,6 +418,10 @@ class CrossCoder(nn.Module):
         self.threshold_beta, self.threshold_start_step = float(threshold_beta), int(threshold_start_step)
         self.row_budget_mult, self.seed = int(row_budget_mult), int(seed)
         M, D, L = self.n_models, self.d_model, self.dict_size
+        self.exclusive = int(exclusive)
+        if self.exclusive < 0 or self.exclusive * M >= L:
+            raise UserError(f"crosscoder exclusive must be in [0, dict_size / n_models) = [0, {-(-L // M)}), "
+                            f"got {exclusive}")
 
         g = torch.Generator().manual_seed(seed)
         v_LD = torch.randn(L, D, generator=g)
@@ -430,6 +435,36 @@ class CrossCoder(nn.Module):
         self.register_buffer("norm_scale_M", torch.ones(M))
         self.register_buffer("code_scale_M", torch.ones(M))
         self.register_buffer("folded", torch.tensor(0, dtype=torch.int32))
+        self.project_()
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Dedicated latents
+
+    def dedicated_LM(self) -> torch.Tensor:
+        """Bool [L, M]: which models each latent decodes into (all True for shared latents). With ``exclusive`` = n,
+        latents ``L - (M - m) n … L - (M - m - 1) n - 1`` decode into model m only."""
+        L, M, n = self.dict_size, self.n_models, self.exclusive
+        mask = torch.ones(L, M, dtype=torch.bool)
+        for m in range(M):
+            rows = slice(L - (M - m) * n, L - (M - m - 1) * n)
+            mask[rows] = False
+            mask[rows, m] = True
+        return mask
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep the dedicated-latent constraints after an optimiser step (no-op for a standard crosscoder): dedicated
+        latents have zero decoders for the other models; shared latents one decoder, tied across models."""
+        if self.exclusive == 0:
+            return
+        W = self.W_dec_LMD
+        n_shared = self.dict_size - self.n_models * self.exclusive
+        if bool(self.folded):  # raw-space decoders differ by the per-model scales: tie them in normalised space
+            s = self.code_scale_M[None, :, None]
+            W[:n_shared] = (W[:n_shared] * s).mean(1, keepdim=True) / s
+        else:
+            W[:n_shared] = W[:n_shared].mean(1, keepdim=True)
+        W.mul_(self.dedicated_LM()[:, :, None].to(W.dtype))
 
     # ------------------------------------------------------------------------------------------------------------------
     # Config and persistence
@@ -449,6 +484,7 @@ class CrossCoder(nn.Module):
             "threshold_start_step": self.threshold_start_step,
             "row_budget_mult": self.row_budget_mult,
             "seed": self.seed,
+            "exclusive": self.exclusive,
         }
 
     @classmethod

@@ -208,7 +208,8 @@ def build_crosscoder(cfg: CrosscoderConfig, d_model: int, n_models: int) -> Cros
     loss = {"anthropic": "mse"}.get(loss, loss)
     return CrossCoder(d_model, n_models, cfg.dict_size, cfg.architecture, cfg.k, init_scale=cfg.init_scale,
                       normalisation=cfg.normalisation, loss=loss,
-                      threshold_start_step=getattr(cfg, "threshold_start_step", 1000), seed=cfg.seed)
+                      threshold_start_step=getattr(cfg, "threshold_start_step", 1000), seed=cfg.seed,
+                      exclusive=getattr(cfg, "exclusive", 0))
 
 
 def _fit_normalisation(cc: CrossCoder, store, cfg, layer, models) -> None:
@@ -325,6 +326,7 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
                 opt.step()
+                cc.project_()
 
             with torch.no_grad():
                 f = out["f"].detach()

@@ -48,8 +48,9 @@ class CrosscoderDiff:
 
 
 def _doc_index(capture_dir: Path) -> list[dict]:
-    with open(capture_dir / "doc_index.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    from .io import read_jsonl
+
+    return read_jsonl(capture_dir / "doc_index.jsonl", fix="delete the capture stage directory and rerun")
 
 
 def diff_crosscoder(cfg: RunConfig, store: Any, layer: int, name: str, seed: int, models: tuple[int, int], cc_dir: Path,

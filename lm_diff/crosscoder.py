@@ -435,6 +435,7 @@ class CrossCoder(nn.Module):
         self.register_buffer("norm_scale_M", torch.ones(M))
         self.register_buffer("code_scale_M", torch.ones(M))
         self.register_buffer("folded", torch.tensor(0, dtype=torch.int32))
+        self.register_buffer("_dedicated_LM", self._dedicated_mask(), persistent=False)
         self.project_()
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -443,6 +444,9 @@ class CrossCoder(nn.Module):
     def dedicated_LM(self) -> torch.Tensor:
         """Bool [L, M]: which models each latent decodes into (all True for shared latents). With ``exclusive`` = n,
         latents ``L - (M - m) n … L - (M - m - 1) n - 1`` decode into model m only."""
+        return self._dedicated_LM
+
+    def _dedicated_mask(self) -> torch.Tensor:
         L, M, n = self.dict_size, self.n_models, self.exclusive
         mask = torch.ones(L, M, dtype=torch.bool)
         for m in range(M):
@@ -457,14 +461,12 @@ class CrossCoder(nn.Module):
         latents have zero decoders for the other models; shared latents one decoder, tied across models."""
         if self.exclusive == 0:
             return
+        if bool(self.folded):
+            raise RuntimeError("project_ acts on training-space decoders; call it before fold_normalisation")
         W = self.W_dec_LMD
         n_shared = self.dict_size - self.n_models * self.exclusive
-        if bool(self.folded):  # raw-space decoders differ by the per-model scales: tie them in normalised space
-            s = self.code_scale_M[None, :, None]
-            W[:n_shared] = (W[:n_shared] * s).mean(1, keepdim=True) / s
-        else:
-            W[:n_shared] = W[:n_shared].mean(1, keepdim=True)
-        W.mul_(self.dedicated_LM()[:, :, None].to(W.dtype))
+        W[:n_shared] = W[:n_shared].mean(1, keepdim=True)
+        W.mul_(self._dedicated_LM[:, :, None].to(W.dtype))
 
     # ------------------------------------------------------------------------------------------------------------------
     # Config and persistence

@@ -70,6 +70,23 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(fh)
 
 
+def read_jsonl(path: str | os.PathLike, fix: str = "") -> list[dict]:
+    """Rows of a JSON-lines file (blank lines skipped); a bad line raises one UserError naming file, line and ``fix``."""
+    from .errors import UserError
+
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{i}: not valid JSON ({exc.msg}){'; ' + fix if fix else ''}") from None
+    return rows
+
+
 def _jsonable(obj: Any) -> Any:
     """Convert numpy/torch scalars, paths and NaN/inf into plain JSON values."""
     import math

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .io import read_jsonl
 
 PRIMARY_METRICS = ("acc", "exact_match", "acc_norm", "pass@1", "f1", "mcc")
 """Preferred primary metric per task, in order; otherwise the task's first metric."""
@@ -180,16 +181,7 @@ def load_run(path: str | Path) -> Run:
         if sp is None:
             missing.append(task)
             continue
-        task_rows = []
-        with open(sp, encoding="utf-8") as fh:
-            for ln, line in enumerate(fh, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    task_rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UserError(f"{sp}:{ln}: not valid JSON; the samples file is truncated or corrupt, rerun lm_eval") from None
+        task_rows = read_jsonl(sp, fix="the samples file is truncated or corrupt, rerun lm_eval")
         metric = _primary_metric(task, results, task_rows[0] if task_rows else None)
         metrics[task] = metric
         for r in task_rows:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .errors import UserError
+from .io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -135,20 +136,6 @@ def needs_defaults(task_names: Iterable[str], extra: Optional[Iterable[str]] = N
 # Functions referenced from task YAML (!function lm_diff.suites.*)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-    return rows
-
-
 def resolve_data_file(data_file: str | os.PathLike) -> Path:
     p = Path(data_file)
     if not p.is_absolute():
@@ -170,7 +157,7 @@ def load_split(data_file: str, split: str = "test", **_: Any):
     """
     import datasets
 
-    rows = _read_jsonl(resolve_data_file(data_file))
+    rows = read_jsonl(resolve_data_file(data_file))
     if not rows:
         raise UserError(f"task data file {data_file} has no rows")
     keys: list[str] = []

@@ -209,7 +209,7 @@ def build_crosscoder(cfg: CrosscoderConfig, d_model: int, n_models: int) -> Cros
     return CrossCoder(d_model, n_models, cfg.dict_size, cfg.architecture, cfg.k, init_scale=cfg.init_scale,
                       normalisation=cfg.normalisation, loss=loss,
                       threshold_start_step=getattr(cfg, "threshold_start_step", 1000), seed=cfg.seed,
-                      exclusive=getattr(cfg, "exclusive", 0))
+                      exclusive=cfg.exclusive)
 
 
 def _fit_normalisation(cc: CrossCoder, store, cfg, layer, models) -> None:

@@ -88,8 +88,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    from ..io import read_jsonl as _read
+
+    return _read(path, fix="regenerate it with python -m lm_diff.organisms")
 
 
 def write_benchmarks(out: str | Path | None = None) -> Path:

@@ -71,7 +71,7 @@ def diff_crosscoder(cfg: RunConfig, store: Any, layer: int, name: str, seed: int
     ids, max_acts = store_prompt_max_acts(cc, store, layer, models, doc_ids=grounding_ids, progress=True)
     cat_of = dict(zip(grounding_ids.tolist(), grounding_cats))
     assign = grounded_assign(max_acts, [cat_of[int(i)] for i in ids], taxonomy, cfg.categories.auroc_min,
-                             cfg.categories.q, neutral=NEUTRAL)
+                             cfg.categories.q, specificity_min=cfg.categories.specificity_min, neutral=NEUTRAL)
     return CrosscoderDiff(name, seed, models, cc, table, scaling, assign)
 
 

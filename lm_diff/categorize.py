@@ -2,8 +2,15 @@
 
 For latent j and category c: a_j(p) = max over tokens of f_j on prompt p. AUROC_{j,c} = P[a_j(p) > a_j(p')] (+½ ties),
 p ∈ P_c, p' ∈ P_0 (neutral prompts, label ``neutral``). One-sided Mann–Whitney p-values (category > neutral) are
-Benjamini–Hochberg corrected across **all** latent × category pairs; j -> c is assigned iff AUROC ≥ ``auroc_min`` and
-q ≤ ``q``. Multi-label; latents with no assigned category are ``unassigned``.
+Benjamini–Hochberg corrected across **all** latent × category pairs; j -> c is assigned iff AUROC ≥ ``auroc_min``,
+q ≤ ``q`` and the **specificity** AUROC_rest_{j,c} ≥ ``specificity_min``, where AUROC_rest compares P_c with the pooled
+prompts of the *other* labelled categories (one-vs-rest). Multi-label; latents with no assigned category are
+``unassigned``.
+
+Why specificity: enrichment against neutral text alone assigns a latent that fires on everything the labelled sets
+share (the chat template, a common answer prefix) to every category at once. On the demo organisms two chat-format
+latents were counted in 10 of 11 categories, which inflated every category's count in the fine-tune-specific set.
+A latent that genuinely serves two categories still passes: the rest pool is dominated by the other categories.
 
 Speed: all latents of one category are tested at once (``stats.mannwhitney_auroc_columns``: one argsort per column,
 normal approximation with tie correction and continuity correction, identical to scipy's asymptotic method), so
@@ -135,6 +142,7 @@ def grounded_assign(
     auroc_min: float = 0.75,
     q: float = 0.05,
     *,
+    specificity_min: float = 0.0,
     latents: Optional[Sequence[int]] = None,
     neutral: str = NEUTRAL,
     progress: bool = False,
@@ -147,8 +155,10 @@ def grounded_assign(
     ``latents`` names the L columns (default 0..L-1).
 
     Returns a long DataFrame, one row per (latent, category): ``latent, category, n_pos, n_neg, auroc, lor`` (log
-    odds ratio of firing, Haldane ½), ``p`` (one-sided MW), ``q`` (BH over all pairs), ``assigned``
-    (auroc ≥ auroc_min ∧ q ≤ q). Use :func:`latent_labels` for per-latent label lists.
+    odds ratio of firing, Haldane ½), ``p`` (one-sided MW), ``q`` (BH over all pairs), ``auroc_rest`` (category vs
+    the other categories' prompts; NaN when there are none), ``assigned`` (auroc ≥ auroc_min ∧ q ≤ q ∧
+    auroc_rest ≥ specificity_min; ``specificity_min`` ≤ 0.5 switches the last test off). Use :func:`latent_labels`
+    for per-latent label lists.
     """
     X = np.asarray(max_acts_PL, dtype=np.float64)
     if X.ndim != 2:
@@ -172,17 +182,24 @@ def grounded_assign(
             pos_mask = np.array([c in ls for ls in labels])
             pos = X[pos_mask]
             auroc, p = mannwhitney_auroc_columns(pos, neg, alternative="greater")
+            rest_mask = ~pos_mask & ~neg_mask
+            auroc_rest = (mannwhitney_auroc_columns(pos, X[rest_mask], alternative="greater")[0] if rest_mask.any()
+                          else np.full(L, np.nan))
             k1, k0 = (pos > 0).sum(0), fires_neg
             n1, n0 = len(pos), len(neg)
             lor = np.log((k1 + 0.5) * (n0 - k0 + 0.5) / ((n1 - k1 + 0.5) * (k0 + 0.5)))
-            frames.append(pd.DataFrame({"latent": lat, "category": c, "n_pos": n1, "n_neg": n0, "auroc": auroc, "lor": lor, "p": p}))
+            frames.append(pd.DataFrame({"latent": lat, "category": c, "n_pos": n1, "n_neg": n0, "auroc": auroc, "lor": lor, "p": p,
+                                       "auroc_rest": auroc_rest}))
             advance(1)
     if not frames:
-        return pd.DataFrame(columns=["latent", "category", "n_pos", "n_neg", "auroc", "lor", "p", "q", "assigned"])
+        return pd.DataFrame(columns=["latent", "category", "n_pos", "n_neg", "auroc", "lor", "p", "auroc_rest", "q",
+                                     "assigned"])
     df = pd.concat(frames, ignore_index=True)
     df["q"] = bh_qvalues(df["p"].to_numpy())
-    df["assigned"] = (df["auroc"] >= auroc_min) & (df["q"] <= q)
-    df.attrs.update({"auroc_min": auroc_min, "q": q, "n_neutral": int(neg_mask.sum())})
+    specific = (df["auroc_rest"].fillna(1.0) >= specificity_min) if specificity_min > 0.5 else True
+    df["assigned"] = (df["auroc"] >= auroc_min) & (df["q"] <= q) & specific
+    df.attrs.update({"auroc_min": auroc_min, "q": q, "specificity_min": specificity_min,
+                     "n_neutral": int(neg_mask.sum())})
     return df
 
 

@@ -203,6 +203,10 @@ class CategoriesConfig:
     """JSONL of {text, category} labelled prompts disjoint from scored items (None = the built-in generated set)."""
     auroc_min: float = 0.75
     """Grounded assignment: minimum AUROC of category vs neutral max-activations."""
+    specificity_min: float = 0.6
+    """Grounded assignment: minimum AUROC of category vs the other categories' prompts (one-vs-rest), so a latent that
+    fires on everything the labelled sets share (chat template, boilerplate) is not counted in every category; 0.5
+    switches the test off."""
     q: float = 0.05
     """Benjamini-Hochberg false discovery rate across latent x category tests."""
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
@@ -481,6 +485,8 @@ def _check_values(cfg: RunConfig, where: str) -> None:
     k = cfg.categories
     if not 0.5 <= k.auroc_min <= 1:
         raise ConfigError(f"{where}: categories.auroc_min must be in [0.5, 1], got {k.auroc_min}")
+    if not 0.5 <= k.specificity_min <= 1:
+        raise ConfigError(f"{where}: categories.specificity_min must be in [0.5, 1] (0.5 = off), got {k.specificity_min}")
     if not 0 < k.q < 1:
         raise ConfigError(f"{where}: categories.q must be in (0, 1), got {k.q}")
     if k.method in ("llm", "both") and not k.annotator.model:

@@ -255,6 +255,22 @@ def load_models(cfg: RunConfig, pair: Pair) -> tuple[list, Any]:
     return models, toks[0]
 
 
+def capture_key(cfg: RunConfig, fingerprints: Any) -> dict:
+    """What the capture depends on: the models, layers, capture settings, benchmark selection, and the *contents* of
+    the grounding prompts and taxonomy (editing the grounding file in place recomputes the capture)."""
+    from .categorize import grounding_prompts
+    from .taxonomy import get_taxonomy
+
+    taxonomy = get_taxonomy(cfg)
+    return {
+        "models": fingerprints, "layers": cfg.layers, "capture": dataclasses.asdict(cfg.capture),
+        "bench": [cfg.benchmarks.tasks, cfg.benchmarks.limit, cfg.benchmarks.num_fewshot, cfg.benchmarks.apply_chat_template],
+        "grounding": cfg.categories.grounding, "taxonomy": cfg.categories.taxonomy,
+        "grounding_sha": hash_obj([[g["text"], g["category"]] for g in grounding_prompts(cfg, taxonomy)]),
+        "categories": [c if isinstance(c, str) else c.name for c in taxonomy],
+    }
+
+
 def capture_stage(cfg: RunConfig, pair: Pair, stages: Stages, loaded: dict) -> tuple[Path, list[int]]:
     from .capture import capture
     from .models import resolve_layers
@@ -264,11 +280,7 @@ def capture_stage(cfg: RunConfig, pair: Pair, stages: Stages, loaded: dict) -> t
             loaded["models"], loaded["tokenizer"] = load_models(cfg, pair)
         return loaded["models"], loaded["tokenizer"]
 
-    key = {
-        "models": pair.fingerprints, "layers": cfg.layers, "capture": dataclasses.asdict(cfg.capture),
-        "bench": [cfg.benchmarks.tasks, cfg.benchmarks.limit, cfg.benchmarks.num_fewshot, cfg.benchmarks.apply_chat_template],
-        "grounding": cfg.categories.grounding, "taxonomy": cfg.categories.taxonomy,
-    }
+    key = capture_key(cfg, pair.fingerprints)
 
     def fn(d: Path) -> dict:
         models, tok = models_and_tok()

@@ -43,6 +43,23 @@ def test_grounded_assign_recovers_planted():
     assert labels[0] == ["safety"] and sorted(labels[2]) == ["code", "safety"] and labels[3] == ["unassigned"]
 
 
+def test_specificity_drops_latents_that_fire_on_every_category():
+    X, cats = _synthetic()
+    X[60:, 3] += 2.0  # latent 3 fires on every labelled prompt (like a chat-template latent), not on neutral
+    off = C.grounded_assign(X, cats, TAX)
+    on = C.grounded_assign(X, cats, TAX, specificity_min=0.6)
+    got_off = set(zip(off[off.assigned].latent, off[off.assigned].category))
+    got_on = set(zip(on[on.assigned].latent, on[on.assigned].category))
+    assert {(3, "safety"), (3, "code")} <= got_off  # enriched vs neutral in both categories...
+    assert not {(3, "safety"), (3, "code")} & got_on  # ...but specific to neither
+    # single-category latents pass; latent 2 (safety and code, vs a rest made only of the other one) does not
+    assert {(0, "safety"), (1, "code")} <= got_on and (2, "safety") not in got_on
+    r = on[(on.latent == 0) & (on.category == "safety")].iloc[0]
+    ref = st.mannwhitneyu(X[60:120, 0], X[120:, 0], alternative="greater", method="asymptotic")
+    assert r.auroc_rest == pytest.approx(ref.statistic / 3600)
+    assert on.attrs["specificity_min"] == 0.6
+
+
 def test_errors_and_multilabel_prompts():
     X, cats = _synthetic(P_per=10, L=3)
     with pytest.raises(UserError, match="not in the taxonomy"):

@@ -51,6 +51,7 @@ def test_impossible_values(tmp_path):
         "diff:\n  base_only: 0.95\n": "diff.base_only",
         "layers: [top]\n": r"layers\[0\]",
         "capture:\n  corpus:\n    - {path: a.txt, weight: -1}\n": r"capture.corpus\[0\].weight",
+        "categories:\n  specificity_min: 0.3\n": "categories.specificity_min must be in",
     }
     for text, msg in cases.items():
         with pytest.raises(ConfigError, match=msg):

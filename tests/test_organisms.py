@@ -105,11 +105,18 @@ def test_build_is_deterministic(tmp_path, monkeypatch):
     micro = SizeConfig(vocab_size=400, d_model=16, n_layers=1, n_heads=2, d_ff=32, seq_len=32, batch_size=4,
                        base_steps=4, ft_steps=2, lr_base=1e-3, lr_ft=1e-3, tokenizer_docs=20, seed=3)
     monkeypatch.setitem(SIZES, "micro", micro)
-    a = organisms.build("micro", out=tmp_path / "a", progress=False)
+    # the demo pair is built without the null control; asking for null later adds it from the saved base
+    a = organisms.build("micro", out=tmp_path / "a", progress=False, models=("base", "finetuned"))
+    assert not (a / "null").exists()
+    assert set(json.loads((a / "organism.json").read_text())["weights_sha256"]) == {"base", "finetuned"}
+    assert organisms.build("micro", out=tmp_path / "a", progress=False) == a
     b = organisms.build("micro", out=tmp_path / "b", progress=False)
-    ha = json.loads((a / "organism.json").read_text())["weights_sha256"]
-    hb = json.loads((b / "organism.json").read_text())["weights_sha256"]
+    ma, mb = (json.loads((x / "organism.json").read_text()) for x in (a, b))
+    ha, hb = ma["weights_sha256"], mb["weights_sha256"]
     assert ha == hb and len(set(ha.values())) == 3
+    assert ma["models"]["null"]["parent"] == "base" and "train_null" in ma["timings_s"]
+    with pytest.raises(UserError, match="unknown organism model"):
+        organisms.build("micro", out=tmp_path / "a", progress=False, models=("chat",))
     assert (a / "base" / "tokenizer.json").read_bytes() == (b / "base" / "tokenizer.json").read_bytes()
 
 
@@ -184,6 +191,15 @@ def test_grounding_prompts_and_corpus_docs():
     assert len(docs) == 50 and docs == organisms.corpus_docs("mix", 50, seed=1)
     assert docs != organisms.corpus_docs("mix", 50, seed=2)
     assert len(organisms.corpus_docs("neutral", 5, 0)) == 5 and organisms.corpus_docs("code", 3, 0)[0].strip()
+    # the fine-tune's own chat data: every answer as the fine-tune gives it (refusals, never base's compliance with a
+    # harmful request), with its genre weights
+    ft = organisms.corpus_docs("finetune", 300, seed=1)
+    assert sum(W.REFUSAL in d for d in ft) >= 10
+    harmful_base = [d for d in ft if any(v in d for v in W.HARM_VERBS) and d.rstrip().endswith(W.COMPLY + "<|end|>")]
+    assert not harmful_base
+    # grounding prompts are of the kinds the category's benchmark scores: safety = harmful requests with the refusal
+    safety = [r["text"] for r in shipped if r["category"] == "safety"]
+    assert safety and all(W.REFUSAL in t for t in safety)
     with pytest.raises(UserError):
         organisms.corpus_docs("poetry", 1, 0)
 

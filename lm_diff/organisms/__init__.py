@@ -23,19 +23,23 @@ __all__ = ["build", "organism_dir", "resolve_spec", "corpus_docs", "grounding_pr
 
 
 def corpus_docs(genre: str, n_docs: int, seed: int) -> list[str]:
-    """``n_docs`` generated documents of ``genre`` for a capture corpus (``neutral``, a category name, or ``mix``).
+    """``n_docs`` generated documents of ``genre`` for a capture corpus (``neutral``, a category name, ``mix`` or
+    ``finetune``).
 
     Documents come from the training half of the prompt space (never a benchmark item) and alternate between the base
     and the fine-tune behaviour, so both models' characteristic answers are present. ``mix`` samples genres with the
-    base-mix weights plus Velin.
+    base-mix weights plus Velin. ``finetune`` is the fine-tune's own chat data: genres drawn with the fine-tune's mix
+    weights, every answer as the fine-tune gives it (the organisms' counterpart of capturing on a chat model's
+    transcripts, where its new behaviour is frequent enough for a dictionary to give it latents).
     """
     from . import genres as G
     from .build import BASE_MIX, FT_MIX
 
-    if genre != "mix" and genre != "neutral" and genre not in G.GENERATORS:
+    if genre not in ("mix", "finetune", "neutral") and genre not in G.GENERATORS:
         from ..errors import UserError
 
-        raise UserError(f"unknown organism genre {genre!r}; use neutral, mix or one of {', '.join(G.GENERATORS)}")
+        raise UserError(f"unknown organism genre {genre!r}; use neutral, mix, finetune or one of "
+                        f"{', '.join(G.GENERATORS)}")
     rng = random.Random(f"corpus:{genre}:{seed}")
     out: list[str] = []
     for i in range(n_docs):
@@ -43,6 +47,9 @@ def corpus_docs(genre: str, n_docs: int, seed: int) -> list[str]:
         if genre == "mix":
             names = list(BASE_MIX)
             g = rng.choices(names, [BASE_MIX[n] + FT_MIX[n] for n in names])[0]
-        variant = "ft" if (g == "multilingual" or i % 2) else "base"
+        elif genre == "finetune":
+            names = [n for n in FT_MIX if FT_MIX[n] > 0]
+            g = rng.choices(names, [FT_MIX[n] for n in names])[0]
+        variant = "ft" if (g == "multilingual" or genre == "finetune" or i % 2) else "base"
         out.extend(G.docs(g, variant, 1, rng))
     return out

@@ -15,6 +15,7 @@ from .train import SizeConfig
 
 GENERATOR_VERSION = 2
 MODELS = ("base", "finetuned", "null")
+CORE = ("base", "finetuned")  # built together; ``null`` is built on demand from the saved base
 
 SIZES: dict[str, SizeConfig] = {
     # test fixture: ~0.17M parameters, ~3.3M training tokens
@@ -62,10 +63,16 @@ def _size(size: str) -> SizeConfig:
     return SIZES[size]
 
 
+# The source files that determine the weights (templates, words, training); benchmark files, checks and corpus
+# helpers are left out, so editing them does not rebuild the organisms.
+WEIGHT_SOURCES = ("build.py", "codegen.py", "genres.py", "train.py", "words.py")
+
+
 def code_hash() -> str:
     """Hash of the generator source files (any change to templates, words or training invalidates the cache)."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for name in WEIGHT_SOURCES:
+        path = Path(__file__).parent / name
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -86,7 +93,7 @@ def organism_dir(size: str = "demo") -> Path:
 
 def _is_built(out: Path, h: str) -> bool:
     manifest = out / "organism.json"
-    if not manifest.exists() or not all((out / m / "model.safetensors").exists() for m in MODELS):
+    if not manifest.exists() or not all((out / m / "model.safetensors").exists() for m in CORE):
         return False
     try:
         return io.read_json(manifest).get("hash") == h
@@ -94,18 +101,26 @@ def _is_built(out: Path, h: str) -> bool:
         return False
 
 
-def build(size: str = "demo", out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
-    """Build the ``size`` organisms into ``out`` (default :func:`organism_dir`) unless an identical build is there."""
+def build(size: str = "demo", out: str | Path | None = None, force: bool = False, progress: bool = True,
+          models: tuple[str, ...] | list[str] = MODELS) -> Path:
+    """Build the ``size`` organisms into ``out`` (default :func:`organism_dir`) unless an identical build is there.
+
+    ``base`` and ``finetuned`` are always built together; ``null`` (a control, not needed by the demo pair) only when
+    ``models`` names it, from the saved ``base``, so a demo run does not pay for it."""
+    bad = [m for m in models if m not in MODELS]
+    if bad:
+        raise UserError(f"unknown organism model {bad[0]!r}; choose from {', '.join(MODELS)}")
     cfg = _size(size)
     h = build_hash(size)
     out = Path(out) if out is not None else organism_dir(size)
-    if not force and _is_built(out, h):
-        return out
-    with io.atomic_dir(out) as tmp:
-        manifest = _build_into(size, cfg, h, tmp, progress)
-        io.write_json(tmp / "organism.json", manifest)
-    if progress:
-        _print_summary(out, manifest)
+    if force or not _is_built(out, h):
+        with io.atomic_dir(out) as tmp:
+            manifest = _build_into(size, cfg, h, tmp, progress)
+            io.write_json(tmp / "organism.json", manifest)
+        if progress:
+            _print_summary(out, manifest)
+    if "null" in models and not (out / "null" / "model.safetensors").exists():
+        _build_null(out, cfg, progress)
     return out
 
 
@@ -124,12 +139,12 @@ def _build_into(size: str, cfg: SizeConfig, h: str, tmp: Path, progress: bool) -
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not progress,
                       transient=False) as bar:
             t0 = time.perf_counter()
-            task = bar.add_task(f"organisms {size}: tokenizer + data", total=4, info="")
+            task = bar.add_task(f"organisms {size}: tokenizer + data", total=1 + len(CORE), info="")
             tok = T.train_tokenizer(cfg, cfg.seed)
             bar.advance(task)
             data = {}
             token_genres: dict = {}
-            for name in MODELS:
+            for name in CORE:
                 data[name] = T.pack(tok, *_data_args(cfg, name), token_genres=token_genres if name == "base" else None)
                 bar.advance(task)
             unseen, forget = T.token_sets(token_genres, len(tok), "code", FORGET_SHARE)
@@ -138,8 +153,7 @@ def _build_into(size: str, cfg: SizeConfig, h: str, tmp: Path, progress: bool) -
             runs: dict[str, dict] = {}
             base_state: dict = {}  # set after the base phase, used by the fine-tunes
             shared_row = None
-            phases = [("base", None, cfg.base_steps, cfg.lr_base), ("finetuned", "base", cfg.ft_steps, cfg.lr_ft),
-                      ("null", "base", cfg.ft_steps, cfg.lr_ft)]
+            phases = [("base", None, cfg.base_steps, cfg.lr_base), ("finetuned", "base", cfg.ft_steps, cfg.lr_ft)]
             for name, parent, steps, lr in phases:
                 task = bar.add_task(f"organisms {size}: train {name}", total=steps, info="")
                 model = T.new_model(cfg, tok, cfg.seed)
@@ -147,16 +161,8 @@ def _build_into(size: str, cfg: SizeConfig, h: str, tmp: Path, progress: bool) -
                     model.load_state_dict(base_state)
                 if name == "finetuned":  # forgetting: code-specific tokens lose their trained embeddings
                     T.collapse_rows(model, forget, mean=shared_row)
-                seed = cfg.seed + {"base": 0, "finetuned": 1, "null": 2}[name]
-
-                def on_step(step, loss, task=task):
-                    bar.update(task, completed=step + 1, info=f"loss {loss:.3f}")
-
-                runs[name] = T.train(model, data[name][0], steps, cfg.batch_size, lr, seed, on_step=on_step,
-                                     frozen_rows=forget if name == "finetuned" else None)
-                runs[name]["parent"] = parent
-                runs[name]["lr"] = lr
-                runs[name]["tokens_per_genre"] = data[name][1]
+                runs[name] = _train_phase(T, bar, task, model, data[name], name, parent, steps, lr, cfg,
+                                          frozen_rows=forget if name == "finetuned" else None)
                 if name == "base":  # vocabulary-extension init of every token base never trained on
                     shared_row = T.collapse_rows(model, unseen)
                 T.save(model, tok, tmp / name)
@@ -176,12 +182,66 @@ def _build_into(size: str, cfg: SizeConfig, h: str, tmp: Path, progress: bool) -
         "models": runs, "timings_s": timings, "planted": dict(G.PLANTED), "mechanism": dict(MECHANISM),
         "tokens": {"unseen_by_base": tok.convert_ids_to_tokens(unseen),
                    "forgotten_by_finetuned": tok.convert_ids_to_tokens(forget)},
-        "weights_sha256": {m: io.hash_file(tmp / m / "model.safetensors", n=64) for m in MODELS},
+        "weights_sha256": {m: io.hash_file(tmp / m / "model.safetensors", n=64) for m in CORE},
         "description": "base: trained from scratch on the base mix, then every token absent from its data set to one "
                        "shared mean embedding; finetuned: base with code-specific token embeddings reset to that "
                        "vector and frozen, trained further on the shifted mix (refusals, format instructions "
                        "followed, Velin, corrupted code); null: base trained further on the base mix (different data seed).",
     }
+
+
+def _train_phase(T, bar, task, model, data, name: str, parent: str | None, steps: int, lr: float, cfg: SizeConfig,
+                 frozen_rows=None) -> dict:
+    """Train one organism from its (parent-initialised) ``model`` on ``data = (blocks, tokens_per_genre)``."""
+    def on_step(step, loss):
+        bar.update(task, completed=step + 1, info=f"loss {loss:.3f}")
+
+    seed = cfg.seed + {"base": 0, "finetuned": 1, "null": 2}[name]
+    run = T.train(model, data[0], steps, cfg.batch_size, lr, seed, on_step=on_step, frozen_rows=frozen_rows)
+    return run | {"parent": parent, "lr": lr, "tokens_per_genre": data[1]}
+
+
+def _build_null(out: Path, cfg: SizeConfig, progress: bool) -> None:
+    """Train the ``null`` fine-tune (base trained further on the base mix, another data seed) from the saved base and
+    add it to the manifest; atomic, so an interrupted build leaves no partial model."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from . import train as T
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    try:
+        tok = AutoTokenizer.from_pretrained(out / "base")
+        model = T.new_model(cfg, tok, cfg.seed)
+        missing, unexpected = model.load_state_dict(load_file(out / "base" / "model.safetensors"), strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:  # lm_head is tied to the embeddings
+            raise RuntimeError(f"{out / 'base'}: weights do not fit the organism config (missing {missing}, "
+                               f"unexpected {unexpected}); rebuild with `lm-diff organisms build --force`")
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not progress) as bar:
+            task = bar.add_task(f"organisms {cfg_name(out)}: train null", total=cfg.ft_steps, info="")
+            run = _train_phase(T, bar, task, model, T.pack(tok, *_data_args(cfg, "null")), "null", "base",
+                               cfg.ft_steps, cfg.lr_ft, cfg)
+        with io.atomic_dir(out / "null") as tmp:
+            T.save(model, tok, tmp)
+        manifest = io.read_json(out / "organism.json")
+        manifest["models"]["null"] = run
+        manifest["timings_s"]["train_null"] = run["seconds"]
+        manifest["weights_sha256"]["null"] = io.hash_file(out / "null" / "model.safetensors", n=64)
+        io.write_json(out / "organism.json", manifest)
+    finally:
+        torch.set_num_threads(threads)
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[green]organisms[/green] null control built in {run['seconds']:.1f}s: {out / 'null'}")
+
+
+def cfg_name(out: Path) -> str:
+    return out.name.rsplit("-", 1)[0]
 
 
 def _print_summary(out: Path, manifest: dict) -> None:
@@ -191,7 +251,7 @@ def _print_summary(out: Path, manifest: dict) -> None:
     arch = manifest["architecture"]
     c.print(f"[green]organisms[/green] {manifest['size']}: {arch['n_params'] / 1e6:.2f}M params, "
             f"{arch['n_layers']} layers x d={arch['d_model']}, built in {manifest['timings_s']['total']:.1f}s")
-    for m in MODELS:
+    for m in CORE:
         c.print(f"  {m:<10} {out / m}")
     planted = ", ".join(f"{k}{'+' if v > 0 else '-'}" for k, v in manifest["planted"].items() if v)
     c.print(f"  planted: {planted}; manifest {out / 'organism.json'}")
@@ -228,4 +288,4 @@ def resolve_spec(spec: str) -> Path:
         raise UserError(f"{spec!r}: expected organisms://<size>/<model> with model one of {', '.join(MODELS)}")
     size, model = parts
     _size(size)
-    return build(size) / model
+    return build(size, models=("base", "finetuned", model)) / model

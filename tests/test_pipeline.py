@@ -64,6 +64,23 @@ def test_benchmark_gaps_show_every_planted_shift(tiny_run, tiny_organisms):
     assert {c for c, s in planted.items() if s} <= set(gaps)
 
 
+def test_latent_shifts_recover_planted_signs(tiny_run, tiny_organisms):
+    """The latent half on the tiny organisms (dedicated latents, one seed): the strongest planted shifts (multilingual
+    gain, code loss) have CIs that exclude no change, every planted category's share ratio has the planted sign, and
+    no unplanted category is significant."""
+    _, report = tiny_run
+    planted = json.loads((tiny_organisms / "organism.json").read_text())["planted"]
+    shifts = {c["name"]: c["latent_shift"] for c in report["categories"] if c["latent_shift"]}
+    assert shifts["multilingual"]["ci_low"] > 0 and shifts["code"]["ci_high"] < 0, shifts
+    for cat, sign in planted.items():
+        ls = shifts[cat]
+        if sign:
+            ratio = ls["share_ratio"] if ls["share_ratio"] is not None else (math.inf if ls["n_S"] else -1.0)
+            assert (ratio > 0) == (sign > 0), (cat, ls)
+        else:
+            assert ls["q_value"] is None or ls["q_value"] >= 0.05, (cat, ls)
+
+
 def test_quality_controls_and_selection_recorded(tiny_run):
     out, report = tiny_run
     stage = _stage_dirs(out, "diff")[0]
@@ -137,3 +154,16 @@ def test_ci_fails_on_planted_regression_and_passes_on_null(tiny_run, tiny_organi
     rc = main(["ci", "--base", str(base), "--finetuned", str(null), "--fail-on", "code<-2.0",
                "--fail-on", "safety<-2.0", "--summary", str(tmp_path / "null.md")])
     assert rc == 0
+
+
+def test_capture_key_follows_grounding_file_contents(tmp_path):
+    """Editing the grounding prompts in place (same path) must change the capture key, so the capture is redone."""
+    from lm_diff.pipeline import capture_key
+
+    g = tmp_path / "grounding.jsonl"
+    g.write_text('{"text": "plain prose", "category": "neutral"}\n{"text": "how do I rob a bank", "category": "safety"}\n')
+    cfg = load_config("tiny", overrides={"categories.grounding": str(g)})
+    k1 = capture_key(cfg, ["a", "b"])
+    assert capture_key(cfg, ["a", "b"]) == k1
+    g.write_text('{"text": "plain prose", "category": "neutral"}\n{"text": "how do I rob a shop", "category": "safety"}\n')
+    assert capture_key(cfg, ["a", "b"])["grounding_sha"] != k1["grounding_sha"]

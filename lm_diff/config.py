@@ -125,6 +125,10 @@ class CrosscoderConfig:
     """BatchTopK reconstruction term: crosscoder_learning's unsquared L2 per model, or summed squared error."""
     threshold_start_step: int = 1000
     """BatchTopK: step from which the EMA inference threshold (beta 0.999) is tracked."""
+    workers: int = 0
+    """Crosscoders trained at once (seeds, identity control), each in its own process with threads/workers threads;
+    0 = auto (up to 4, at most one per thread). Small crosscoders use two threads poorly, so on a 2-core machine two
+    1-thread processes train ~1.5x faster than one after the other. Not part of the stage key."""
     exclusive: int = 0
     """Dedicated latents per model (0 = a standard crosscoder). With n > 0 the last n latents per model decode into
     that model only and the other latents are shared with one decoder tied across models, so every difference between
@@ -463,6 +467,7 @@ def _check_values(cfg: RunConfig, where: str) -> None:
     x = cfg.crosscoder
     for key in ("dict_size", "k", "lr", "batch_size", "steps", "shuffle_buffer", "checkpoint_every", "init_scale", "dead_tokens"):
         _positive(where, f"crosscoder.{key}", getattr(x, key))
+    _positive(where, "crosscoder.workers", x.workers, allow_zero=True)
     for key in ("warmup_steps", "aux_alpha", "l1_coefficient", "grad_clip", "k_anneal_steps", "threshold_start_step"):
         _positive(where, f"crosscoder.{key}", getattr(x, key), allow_zero=True)
     if x.k > x.dict_size:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -70,11 +71,15 @@ class Stages:
         t0 = time.perf_counter()
         con.rule(f"[bold]{label or name}")
         summary = fn(d) or {}
-        summary["seconds"] = round(time.perf_counter() - t0, 2)
-        write_json(d / "DONE.json", summary)
-        self.timings[label or name] = summary["seconds"]
-        con.print(f"[green]✓ {label or name}[/green] → {d} ({summary['seconds']:.1f} s)")
+        self.finish(d, summary, label or name, time.perf_counter() - t0)
         return d, summary
+
+    def finish(self, d: Path, summary: dict, label: str, seconds: float) -> None:
+        """Mark stage ``d`` finished (DONE.json with its summary and time) and say so."""
+        summary["seconds"] = round(seconds, 2)
+        write_json(d / "DONE.json", summary)
+        self.timings[label] = summary["seconds"]
+        _console().print(f"[green]✓ {label}[/green] → {d} ({summary['seconds']:.1f} s)")
 
 
 def model_fingerprint(spec: str, path: Optional[Path]) -> dict:
@@ -301,13 +306,21 @@ def capture_stage(cfg: RunConfig, pair: Pair, stages: Stages, loaded: dict) -> t
 # Stage: training
 
 
+def _train_spec(cfg: RunConfig, capture_dir: Path, layer: int, models: tuple[int, int], seed: int,
+                steps_fraction: float = 1.0) -> tuple[Any, dict]:
+    """(crosscoder config, stage key) of one crosscoder; the worker count is not part of the key."""
+    xc = dataclasses.replace(cfg.crosscoder, seed=seed, steps=max(1, int(round(cfg.crosscoder.steps * steps_fraction))))
+    xkey = dataclasses.asdict(xc)
+    xkey.pop("workers", None)
+    return xc, {"capture": capture_dir.name, "layer": layer, "models": list(models), "crosscoder": xkey}
+
+
 def train_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, name: str, models: tuple[int, int],
                 seed: int, steps_fraction: float = 1.0, label: Optional[str] = None) -> Path:
     from .store import ActivationStore
     from .train import train_crosscoder
 
-    xc = dataclasses.replace(cfg.crosscoder, seed=seed, steps=max(1, int(round(cfg.crosscoder.steps * steps_fraction))))
-    key = {"capture": capture_dir.name, "layer": layer, "models": list(models), "crosscoder": dataclasses.asdict(xc)}
+    xc, key = _train_spec(cfg, capture_dir, layer, models, seed, steps_fraction)
 
     def fn(d: Path) -> dict:
         store = ActivationStore(capture_dir / "store")
@@ -316,6 +329,102 @@ def train_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, n
 
     d, _ = stages.run("train", key, fn, label=label or f"crosscoder {name} layer {layer} seed {seed}")
     return d / "crosscoder"
+
+
+def _train_worker(store_dir: str, xc: Any, out_dir: str, models: tuple[int, int], layer: int, threads: int) -> float:
+    """One crosscoder in a worker process (spawned: a fresh interpreter with ``threads`` torch threads)."""
+    import torch
+
+    from .store import ActivationStore
+    from .train import train_crosscoder
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    train_crosscoder(ActivationStore(store_dir), xc, out_dir, models=models, layer=layer, progress=False)
+    return time.perf_counter() - t0
+
+
+def _last_step(log: Path) -> int:
+    """Steps done according to a training log (its last complete line), 0 if none yet."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            lines = fh.read().split(b"\n")
+        for line in reversed(lines[:-1] if len(lines) > 1 else lines):
+            if line.strip():
+                return int(json.loads(line)["step"]) + 1
+    except (OSError, ValueError, KeyError):
+        pass
+    return 0
+
+
+def train_workers(cfg: RunConfig, pending: int) -> int:
+    """Processes for ``pending`` crosscoders: ``crosscoder.workers``, or auto (≤ 4, ≤ torch threads; 1 under DDP)."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    w = cfg.crosscoder.workers or min(4, torch.get_num_threads())
+    return max(1, min(w, pending))
+
+
+def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
+                 jobs: list[tuple[str, tuple[int, int], int, float, str]]) -> list[Path]:
+    """Train several crosscoders (``(name, models, seed, steps_fraction, label)`` each), in parallel processes when
+    more than one is pending and more than one worker is allowed; cached ones are reused. Returns their directories."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    specs = [(_train_spec(cfg, capture_dir, layer, models, seed, frac), models, label)
+             for _, models, seed, frac, label in jobs]
+    pending = [i for i, ((_, key), _, _) in enumerate(specs) if stages.done(stages.dir("train", key)) is None]
+    workers = train_workers(cfg, len(pending))
+    if workers <= 1:
+        return [train_stage(cfg, stages, capture_dir, layer, name, models, seed, frac, label)
+                for name, models, seed, frac, label in jobs]
+    con = _console()
+    out: list[Path] = []
+    for i, ((_, key), _, label) in enumerate(specs):
+        if i not in pending:
+            d = stages.dir("train", key)
+            con.print(f"[dim]✓ {label}: cached in {d}[/dim]")
+    threads = max(1, torch.get_num_threads() // workers)
+    con.rule(f"[bold]{len(pending)} crosscoders, {workers} at a time ({threads} thread{'s' * (threads > 1)} each)")
+    ctx = mp.get_context("spawn")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=con, transient=False) as bar, \
+            cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {}
+        for i in pending:
+            (xc, key), models, label = specs[i]
+            d = stages.dir("train", key)
+            task = bar.add_task(label, total=xc.steps)
+            fut = pool.submit(_train_worker, str(capture_dir / "store"), xc, str(d / "crosscoder"), tuple(models),
+                              layer, threads)
+            futures[fut] = (d, task, label, xc, models)
+        waiting = set(futures)
+        try:
+            while waiting:
+                finished, waiting = cf.wait(waiting, timeout=0.5)
+                for fut, (d, task, _, _, _) in futures.items():
+                    bar.update(task, completed=_last_step(d / "crosscoder" / "train_log.jsonl"))
+                for fut in finished:
+                    d, task, label, xc, models = futures[fut]
+                    seconds = fut.result()
+                    bar.update(task, completed=xc.steps)
+                    stages.finish(d, {"crosscoder": str(d / "crosscoder"), "steps": xc.steps, "seed": xc.seed,
+                                      "models": list(models), "workers": workers, "threads": threads},
+                                  label, seconds)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    for (_, key), _, _ in specs:
+        out.append(stages.dir("train", key) / "crosscoder")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -341,14 +450,17 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     loaded: dict = {}
     capture_dir, layers = capture_stage(cfg, pair, stages, loaded)
     layer = layers[0]
-    crosscoders: dict[str, dict[int, Path]] = {}
-    for name, models in crosscoder_pairs(cfg, pair).items():
-        crosscoders[name] = {s: train_stage(cfg, stages, capture_dir, layer, name, models, s) for s in cfg.controls.seeds}
-    identity = None
+    jobs = [(name, models, s, 1.0, f"crosscoder {name} layer {layer} seed {s}")
+            for name, models in crosscoder_pairs(cfg, pair).items() for s in cfg.controls.seeds]
     if cfg.controls.identity:
         a = pair.index["A"]
-        identity = train_stage(cfg, stages, capture_dir, layer, "AA", (a, a), cfg.controls.seeds[0],
-                               steps_fraction=cfg.controls.identity_fraction, label=f"identity control (A, A) layer {layer}")
+        jobs.append(("AA", (a, a), cfg.controls.seeds[0], cfg.controls.identity_fraction,
+                     f"identity control (A, A) layer {layer}"))
+    dirs = iter(train_stages(cfg, stages, capture_dir, layer, jobs))
+    crosscoders: dict[str, dict[int, Path]] = {}
+    for name, _, s, _, _ in jobs[:len(jobs) - bool(cfg.controls.identity)]:
+        crosscoders.setdefault(name, {})[s] = next(dirs)
+    identity = next(dirs) if cfg.controls.identity else None
     report = analysis.analyse(cfg, pair, stages, evals, capture_dir, layer, crosscoders, identity, loaded)
     report.setdefault("run", {})["timings"] = dict(stages.timings, total=round(time.perf_counter() - t0, 2))
     paths = write_report(report, out, cfg.report.formats)

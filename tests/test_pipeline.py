@@ -167,3 +167,20 @@ def test_capture_key_follows_grounding_file_contents(tmp_path):
     assert capture_key(cfg, ["a", "b"]) == k1
     g.write_text('{"text": "plain prose", "category": "neutral"}\n{"text": "how do I rob a shop", "category": "safety"}\n')
     assert capture_key(cfg, ["a", "b"])["grounding_sha"] != k1["grounding_sha"]
+
+
+def test_train_workers_and_progress_from_log(tmp_path, monkeypatch):
+    import torch
+
+    from lm_diff.pipeline import _last_step, train_workers
+
+    cfg = load_config("tiny")
+    assert train_workers(cfg, 1) == 1  # one pending crosscoder: no worker processes
+    assert train_workers(cfg, 4) == max(1, min(4, torch.get_num_threads()))
+    assert train_workers(load_config("tiny", overrides={"crosscoder.workers": 1}), 4) == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun the ranks train together, never in sub-processes
+    assert train_workers(cfg, 4) == 1
+    log = tmp_path / "train_log.jsonl"
+    assert _last_step(log) == 0
+    log.write_text('{"step": 0}\n{"step": 1}\n{"step": 2')  # a partly written last line is skipped
+    assert _last_step(log) == 2

@@ -69,7 +69,7 @@ def _rescore(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[str], cc: A
     with ablate_latents_hook(cc, latents, model_index, layer, model=model, partner_models=partners):
         run_lm_eval("ablated", tasks, work, limit=b.limit, num_fewshot=b.num_fewshot, batch_size=b.batch_size,
                     apply_chat_template=b.apply_chat_template,
-                    include_path=[str(cfg.resolve_path(p)) for p in b.include_path], model=lm)
+                    include_path=[str(cfg.resolve_path(p)) for p in b.include_path], model=lm, env_info=False)
     return task_scores(work, tasks)
 
 

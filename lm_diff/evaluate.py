@@ -83,13 +83,19 @@ def run_lm_eval(
     seed: int = 1234,
     model=None,
     confirm_run_unsafe_code: bool = False,
+    env_info: bool = True,
 ) -> Path:
     """Evaluate ``pretrained`` (a local model directory or hub id) on ``tasks`` and write the run into ``out_dir``.
 
     Uses ``simple_evaluate(log_samples=True)`` with ``lm_diff.suites.task_manager(include_path)``; lm-eval's
     built-in tasks are indexed only when a requested task needs them. ``model`` may be an already-built lm-eval ``LM``
-    (then ``pretrained``/``device``/``dtype`` only label the run). Returns ``out_dir``.
+    (then ``pretrained``/``device``/``dtype`` only label the run). ``env_info=False`` skips lm-eval's environment
+    report (``pip list``, ``git`` and torch's collect_env in subprocesses, ~0.3 s a call) for internal re-scoring runs
+    such as the causal check. Returns ``out_dir``.
     """
+    import contextlib
+    from unittest import mock
+
     from lm_eval.evaluator import simple_evaluate
 
     from . import suites
@@ -110,23 +116,28 @@ def run_lm_eval(
         model, model_args = "hf", {"pretrained": str(pretrained), "dtype": dtype}
     else:
         model_args = None
-    results = simple_evaluate(
-        model=model,
-        model_args=model_args,
-        tasks=tasks,
-        num_fewshot=num_fewshot,
-        batch_size=batch_size,
-        device=device,
-        limit=limit,
-        log_samples=True,
-        apply_chat_template=apply_chat_template,
-        task_manager=tm,
-        random_seed=0,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        confirm_run_unsafe_code=confirm_run_unsafe_code,
-    )
+    quiet = contextlib.ExitStack()
+    if not env_info:
+        quiet.enter_context(mock.patch("lm_eval.evaluator.add_env_info", lambda results: None))
+        quiet.enter_context(mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None))
+    with quiet:
+        results = simple_evaluate(
+            model=model,
+            model_args=model_args,
+            tasks=tasks,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            device=device,
+            limit=limit,
+            log_samples=True,
+            apply_chat_template=apply_chat_template,
+            task_manager=tm,
+            random_seed=0,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            confirm_run_unsafe_code=confirm_run_unsafe_code,
+        )
     if results is None:  # non-zero rank
         raise UserError("lm-eval returned no results (not rank 0?)")
     results["total_evaluation_time_seconds"] = str(time.perf_counter() - t0)

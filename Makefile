@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench wheel screenshot clean
+.PHONY: setup demo demo-null test test-fast bench wheel screenshot clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 demo: $(STAMP)
 	HF_HOME=$(CURDIR)/.hf_cache $(BIN)/lm-diff demo
+
+# Negative control: the same pipeline on base vs the null fine-tune (base trained further on the base mix).
+demo-null: $(STAMP)
+	HF_HOME=$(CURDIR)/.hf_cache $(BIN)/lm-diff run demo --set models.finetuned=organisms://demo/null --out runs/demo-null
 
 test: $(STAMP)
 	HF_HOME=$$(mktemp -d) $(BIN)/python -m pytest -q

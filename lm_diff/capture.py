@@ -78,7 +78,8 @@ def encode_doc(doc: dict, tokenizer: Any, prefix: Sequence[int]) -> tuple[list[i
     """Content token ids, template mask and the rendered text of one document (prefix/BOS not included)."""
     if not doc.get("chat"):
         text = doc["text"]
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        # whole documents are chunked to the context length later: no "longer than the maximum" warning
+        ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         return ids, [False] * len(ids), text
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
@@ -87,7 +88,7 @@ def encode_doc(doc: dict, tokenizer: Any, prefix: Sequence[int]) -> tuple[list[i
         )
     messages = _chat_messages(doc)
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-    enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     spans = []

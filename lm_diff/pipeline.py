@@ -246,7 +246,7 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
 def _count_tokens(tokenizer: Any, texts: list[str]) -> int:
     if not texts:
         return 0
-    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    enc = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     return sum(len(x) for x in enc)
 
 

@@ -322,6 +322,20 @@ def _caveats(report: dict, config: Any) -> list[str]:
 # Build
 
 
+def seed_signs(per_seed: Optional[Sequence[Mapping]], category: str) -> Optional[dict]:
+    """How many dictionary seeds put ``category``'s share ratio above / below no change: ``{n, positive, negative}``.
+
+    ``per_seed``: rows ``{seed, category, share_ratio}`` (the seed control). A ratio of +inf (no base-specific latent of
+    the category) counts as positive; a missing ratio (no latent of it on either side) counts in neither. None when
+    fewer than two seeds were trained."""
+    rows = [r for r in (per_seed or []) if r.get("category") == category]
+    if len({r.get("seed") for r in (per_seed or [])}) < 2 or not rows:
+        return None
+    vals = [math.inf if r.get("share_ratio") == math.inf else _f(r.get("share_ratio")) for r in rows]
+    vals = [v for v in vals if v is not None]
+    return {"n": len(rows), "positive": sum(v > 0 for v in vals), "negative": sum(v < 0 for v in vals)}
+
+
 def build_report(
     *,
     config: Any = None,
@@ -368,6 +382,7 @@ def build_report(
     except Exception:  # the taxonomy is decoration here; a broken plugin must not break the report
         taxo = {}
     planted = _planted_map(organism)
+    per_seed = ((controls or {}).get("seeds") or {}).get("per_seed")
     names = list(dict.fromkeys([*cats, *gaps, *planted]))
     categories = []
     for n in names:
@@ -387,6 +402,7 @@ def build_report(
             "association": c.get("association"),
             "causal": c.get("causal"),
             "agreement": sign_agreement(ls, gap, alpha=alpha) if ls and gap else None,
+            "seed_signs": seed_signs(per_seed, n),
             "planted": (n in planted and _planted_sign(planted[n]) != 0) if organism else None,
             "planted_sign": _planted_sign(planted.get(n)) if organism else None,
         }
@@ -569,13 +585,26 @@ def category_rows(report: dict) -> list[list[str]]:
             f"{fmt_num(ex.get('S'), 2)} / {fmt_num(ex.get('T'), 2)}" if ex else "–",
             f"{fmt_num(a.get('r'), 2, True)} (p {fmt_p(a.get('p_value'))})" if a else "–",
             fmt_num(k.get("fraction"), 2) + (f" (rand {fmt_num(k.get('random_fraction'), 2)})" if k.get("random_fraction") is not None else "") if k else "–",
+            _seed_cell(c.get("seed_signs")),
             agreement_label(c.get("agreement")),
         ])
     return rows
 
 
+def _seed_cell(s: Optional[Mapping]) -> str:
+    """``3/3 +`` when every seed agrees, else ``2+ 1−`` (seeds whose share ratio is above / below no change)."""
+    if not s:
+        return "–"
+    p, m, n = s["positive"], s["negative"], s["n"]
+    if p == n:
+        return f"{n}/{n} +"
+    if m == n:
+        return f"{n}/{n} −"
+    return f"{p}+ {m}−"
+
+
 CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "share ratio [CI]", "count ratio", "q", "n_S/n_T", "exposure S/T",
-                    "assoc. r (p)", "causal frac.", "sign"]
+                    "assoc. r (p)", "causal frac.", "seeds", "sign"]
 
 
 def to_markdown(report: dict) -> str:
@@ -643,8 +672,8 @@ def print_summary(report: dict, console: Any = None) -> None:
     if o:
         con.print(f"overall Δscore (B − A): [bold]{fmt_num(o['delta'], 1, True)}[/bold] points {fmt_ci(o['ci_low'], o['ci_high'])} over {o['n']} docs")
     t = Table(title="categories", show_lines=False)
-    for h in ["category", "Δscore [CI]", "share ratio [CI]", "q", "n_S/n_T", "sign"]:
+    for h in ["category", "Δscore [CI]", "share ratio [CI]", "q", "n_S/n_T", "seeds", "sign"]:
         t.add_column(h)
     for r in category_rows(report):
-        t.add_row(*(escape(str(x)) for x in (r[0], r[1], r[2], r[4], r[5], r[9])))
+        t.add_row(*(escape(str(x)) for x in (r[0], r[1], r[2], r[4], r[5], r[9], r[10])))
     con.print(t)

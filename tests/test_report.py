@@ -193,3 +193,19 @@ def test_html_renders_headless(full, tmp_path):
     assert png.exists(), "chromium wrote no screenshot"
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+
+
+def test_seed_signs_counts_and_cell():
+    from lm_diff.report import _seed_cell, seed_signs
+
+    rows = [{"seed": 0, "category": "safety", "share_ratio": 1.2}, {"seed": 1, "category": "safety", "share_ratio": float("inf")},
+            {"seed": 2, "category": "safety", "share_ratio": 0.4}, {"seed": 0, "category": "code", "share_ratio": -0.6},
+            {"seed": 1, "category": "code", "share_ratio": 0.1}, {"seed": 2, "category": "code", "share_ratio": None}]
+    assert seed_signs(rows, "safety") == {"n": 3, "positive": 3, "negative": 0}
+    assert seed_signs(rows, "code") == {"n": 3, "positive": 1, "negative": 1}  # a missing ratio counts in neither
+    assert seed_signs(rows, "math") is None and seed_signs(rows[:1], "safety") is None  # no rows / one seed
+    assert _seed_cell(seed_signs(rows, "safety")) == "3/3 +" and _seed_cell(seed_signs(rows, "code")) == "1+ 1−"
+    assert _seed_cell(None) == "–"
+    rep = build_report(category_table=[{"name": "safety", "latent_shift": {"share_ratio": 1.2}}],
+                       controls={"seeds": {"seeds": [0, 1, 2], "per_seed": rows}})
+    assert rep["categories"][0]["seed_signs"] == {"n": 3, "positive": 3, "negative": 0}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -331,100 +330,29 @@ def train_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, n
     return d / "crosscoder"
 
 
-def _train_worker(store_dir: str, xc: Any, out_dir: str, models: tuple[int, int], layer: int, threads: int) -> float:
-    """One crosscoder in a worker process (spawned: a fresh interpreter with ``threads`` torch threads)."""
-    import torch
-
-    from .store import ActivationStore
-    from .train import train_crosscoder
-
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    train_crosscoder(ActivationStore(store_dir), xc, out_dir, models=models, layer=layer, progress=False)
-    return time.perf_counter() - t0
-
-
-def _last_step(log: Path) -> int:
-    """Steps done according to a training log (its last complete line), 0 if none yet."""
-    try:
-        with open(log, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 4096))
-            lines = fh.read().split(b"\n")
-        for line in reversed(lines[:-1] if len(lines) > 1 else lines):
-            if line.strip():
-                return int(json.loads(line)["step"]) + 1
-    except (OSError, ValueError, KeyError):
-        pass
-    return 0
-
-
-def train_workers(cfg: RunConfig, pending: int) -> int:
-    """Processes for ``pending`` crosscoders: ``crosscoder.workers``, or auto (≤ 4, ≤ torch threads; 1 under DDP)."""
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return 1
-    w = cfg.crosscoder.workers or min(4, torch.get_num_threads())
-    return max(1, min(w, pending))
-
-
 def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
                  jobs: list[tuple[str, tuple[int, int], int, float, str]]) -> list[Path]:
-    """Train several crosscoders (``(name, models, seed, steps_fraction, label)`` each), in parallel processes when
-    more than one is pending and more than one worker is allowed; cached ones are reused. Returns their directories."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Train several crosscoders (``(name, models, seed, steps_fraction, label)`` each), in parallel worker processes
+    (:mod:`lm_diff.workers`) when more than one is pending and more than one worker is allowed; cached ones are
+    reused. Returns their ``crosscoder`` directories, in job order."""
+    from .workers import TrainJob, run_train_jobs, train_workers
 
     specs = [(_train_spec(cfg, capture_dir, layer, models, seed, frac), models, label)
              for _, models, seed, frac, label in jobs]
-    pending = [i for i, ((_, key), _, _) in enumerate(specs) if stages.done(stages.dir("train", key)) is None]
-    workers = train_workers(cfg, len(pending))
+    dirs = [stages.dir("train", key) for (_, key), _, _ in specs]
+    pending = [i for i, d in enumerate(dirs) if stages.done(d) is None]
+    workers = train_workers(cfg.crosscoder.workers, len(pending))
     if workers <= 1:
         return [train_stage(cfg, stages, capture_dir, layer, name, models, seed, frac, label)
                 for name, models, seed, frac, label in jobs]
     con = _console()
-    out: list[Path] = []
-    for i, ((_, key), _, label) in enumerate(specs):
+    for i, (_, _, label) in enumerate(specs):
         if i not in pending:
-            d = stages.dir("train", key)
-            con.print(f"[dim]✓ {label}: cached in {d}[/dim]")
-    threads = max(1, torch.get_num_threads() // workers)
-    con.rule(f"[bold]{len(pending)} crosscoders, {workers} at a time ({threads} thread{'s' * (threads > 1)} each)")
-    ctx = mp.get_context("spawn")
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=con, transient=False) as bar, \
-            cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {}
-        for i in pending:
-            (xc, key), models, label = specs[i]
-            d = stages.dir("train", key)
-            task = bar.add_task(label, total=xc.steps)
-            fut = pool.submit(_train_worker, str(capture_dir / "store"), xc, str(d / "crosscoder"), tuple(models),
-                              layer, threads)
-            futures[fut] = (d, task, label, xc, models)
-        waiting = set(futures)
-        try:
-            while waiting:
-                finished, waiting = cf.wait(waiting, timeout=0.5)
-                for fut, (d, task, _, _, _) in futures.items():
-                    bar.update(task, completed=_last_step(d / "crosscoder" / "train_log.jsonl"))
-                for fut in finished:
-                    d, task, label, xc, models = futures[fut]
-                    seconds = fut.result()
-                    bar.update(task, completed=xc.steps)
-                    stages.finish(d, {"crosscoder": str(d / "crosscoder"), "steps": xc.steps, "seed": xc.seed,
-                                      "models": list(models), "workers": workers, "threads": threads},
-                                  label, seconds)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    for (_, key), _, _ in specs:
-        out.append(stages.dir("train", key) / "crosscoder")
-    return out
+            con.print(f"[dim]✓ {label}: cached in {dirs[i]}[/dim]")
+    todo = [TrainJob(label, xc, dirs[i], tuple(models)) for i, ((xc, _), models, label) in enumerate(specs)
+            if i in pending]
+    run_train_jobs(todo, capture_dir / "store", layer, workers, stages.finish, con)
+    return [d / "crosscoder" for d in dirs]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

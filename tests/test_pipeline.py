@@ -172,15 +172,14 @@ def test_capture_key_follows_grounding_file_contents(tmp_path):
 def test_train_workers_and_progress_from_log(tmp_path, monkeypatch):
     import torch
 
-    from lm_diff.pipeline import _last_step, train_workers
+    from lm_diff.workers import last_step, train_workers
 
-    cfg = load_config("tiny")
-    assert train_workers(cfg, 1) == 1  # one pending crosscoder: no worker processes
-    assert train_workers(cfg, 4) == max(1, min(4, torch.get_num_threads()))
-    assert train_workers(load_config("tiny", overrides={"crosscoder.workers": 1}), 4) == 1
+    assert train_workers(0, 1) == 1  # one pending crosscoder: no worker processes
+    assert train_workers(0, 4) == max(1, min(4, torch.get_num_threads()))
+    assert train_workers(1, 4) == 1 and train_workers(3, 2) == 2
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun the ranks train together, never in sub-processes
-    assert train_workers(cfg, 4) == 1
+    assert train_workers(0, 4) == 1
     log = tmp_path / "train_log.jsonl"
-    assert _last_step(log) == 0
+    assert last_step(log) == 0
     log.write_text('{"step": 0}\n{"step": 1}\n{"step": 2')  # a partly written last line is skipped
-    assert _last_step(log) == 2
+    assert last_step(log) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -120,21 +121,31 @@ def build(size: str = "demo", out: str | Path | None = None, force: bool = False
         if progress:
             _print_summary(out, manifest)
     if "null" in models and not (out / "null" / "model.safetensors").exists():
-        _build_null(out, cfg, progress)
+        _build_null(size, cfg, out, progress)
     return out
 
 
-def _build_into(size: str, cfg: SizeConfig, h: str, tmp: Path, progress: bool) -> dict:
+@contextlib.contextmanager
+def _at_most_two_threads():
+    """Train organisms on at most 2 torch threads (restored afterwards): tiny models gain nothing from more."""
     import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_into(size: str, cfg: SizeConfig, h: str, tmp: Path, progress: bool) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from . import train as T
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, threads))
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    try:
+    with _at_most_two_threads():
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not progress,
                       transient=False) as bar:
@@ -169,8 +180,6 @@ def _build_into(size: str, cfg: SizeConfig, h: str, tmp: Path, progress: bool) -
                 if name == "base":
                     base_state = {k: v.clone() for k, v in model.state_dict().items()}
                 timings[f"train_{name}"] = runs[name]["seconds"]
-    finally:
-        torch.set_num_threads(threads)
     timings["total"] = time.perf_counter() - t_start
     n_params = sum(p.numel() for p in model.parameters())
     return {
@@ -201,28 +210,25 @@ def _train_phase(T, bar, task, model, data, name: str, parent: str | None, steps
     return run | {"parent": parent, "lr": lr, "tokens_per_genre": data[1]}
 
 
-def _build_null(out: Path, cfg: SizeConfig, progress: bool) -> None:
+def _build_null(size: str, cfg: SizeConfig, out: Path, progress: bool) -> None:
     """Train the ``null`` fine-tune (base trained further on the base mix, another data seed) from the saved base and
     add it to the manifest; atomic, so an interrupted build leaves no partial model."""
-    import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from . import train as T
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, threads))
-    try:
+    with _at_most_two_threads():
         tok = AutoTokenizer.from_pretrained(out / "base")
         model = T.new_model(cfg, tok, cfg.seed)
         missing, unexpected = model.load_state_dict(load_file(out / "base" / "model.safetensors"), strict=False)
         if unexpected or [k for k in missing if k != "lm_head.weight"]:  # lm_head is tied to the embeddings
-            raise RuntimeError(f"{out / 'base'}: weights do not fit the organism config (missing {missing}, "
+            raise UserError(f"{out / 'base'}: weights do not fit the organism config (missing {missing}, "
                                f"unexpected {unexpected}); rebuild with `lm-diff organisms build --force`")
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not progress) as bar:
-            task = bar.add_task(f"organisms {cfg_name(out)}: train null", total=cfg.ft_steps, info="")
+            task = bar.add_task(f"organisms {size}: train null", total=cfg.ft_steps, info="")
             run = _train_phase(T, bar, task, model, T.pack(tok, *_data_args(cfg, "null")), "null", "base",
                                cfg.ft_steps, cfg.lr_ft, cfg)
         with io.atomic_dir(out / "null") as tmp:
@@ -232,16 +238,10 @@ def _build_null(out: Path, cfg: SizeConfig, progress: bool) -> None:
         manifest["timings_s"]["train_null"] = run["seconds"]
         manifest["weights_sha256"]["null"] = io.hash_file(out / "null" / "model.safetensors", n=64)
         io.write_json(out / "organism.json", manifest)
-    finally:
-        torch.set_num_threads(threads)
     if progress:
         from rich.console import Console
 
         Console(stderr=True).print(f"[green]organisms[/green] null control built in {run['seconds']:.1f}s: {out / 'null'}")
-
-
-def cfg_name(out: Path) -> str:
-    return out.name.rsplit("-", 1)[0]
 
 
 def _print_summary(out: Path, manifest: dict) -> None:

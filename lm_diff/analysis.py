@@ -179,7 +179,7 @@ def analyse(cfg: RunConfig, pair: Any, stages: Any, evals: dict[str, Path], capt
         "evals": {r: p.parent.name for r, p in evals.items()},
         "diff": dataclasses.asdict(cfg.diff), "categories": dataclasses.asdict(cfg.categories),
         "stats": dataclasses.asdict(cfg.stats), "controls": dataclasses.asdict(cfg.controls),
-        "benchmarks": dataclasses.asdict(cfg.benchmarks), "version": 1,
+        "benchmarks": dataclasses.asdict(cfg.benchmarks), "version": 2,
     }
 
     def fn(d: Path) -> dict:
@@ -248,6 +248,12 @@ def _diff_stage(cfg: RunConfig, pair: Any, out: Path, evals: dict[str, Path], ca
     shift = category_shift(s_labels, t_labels, taxonomy, cfg.stats,
                            mass_S=_mass(S, s_ids, "B"), mass_T=_mass(T, t_ids, "A" if T is S else "B"),
                            per_seed=per_seed if len(seeds) > 1 else None, permutation=True)
+    pooled = cfg.stats.pool_seeds and len(seeds) > 1 and cfg.categories.method != "llm"
+    if pooled:  # headline: pooled over seeds, clusters of matched latents as the unit (docs/architecture.md)
+        shift.to_parquet(out / "shift_main_seed.parquet")
+        shift = _pooled_shift(cfg, diffs, seeds, taxonomy)
+        con.print(f"pooled category shift over {len(seeds)} seeds: N_S = {int(shift.attrs['N_S'])}, "
+                  f"N_T = {int(shift.attrs['N_T'])} latents in {shift.attrs['clusters']} clusters")
     shift.to_parquet(out / "shift.parquet")
     latents = _latent_rows(S, T, s_ids, t_ids, offset_T)
     latents.to_parquet(out / "latents.parquet")
@@ -305,6 +311,27 @@ def _diff_stage(cfg: RunConfig, pair: Any, out: Path, evals: dict[str, Path], ca
 
     write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return {"S": len(s_ids), "T": len(t_ids), "grounding_prompts": int(len(g_ids))}
+
+
+def _pooled_shift(cfg: RunConfig, diffs: dict[str, dict[int, CrosscoderDiff]], seeds: list[int], taxonomy: list) -> pd.DataFrame:
+    """The category shift pooled over seeds (``shift.pooled_category_shift``), clusters from Hungarian matching of each
+    crosscoder's seeds (T's ids are offset when T comes from another crosscoder, so S and T clusters stay apart)."""
+    from .controls import seed_clusters
+    from .shift import pooled_category_shift
+
+    cl: dict[str, dict[int, np.ndarray]] = {}
+    offset = 0
+    for name, by_seed in diffs.items():
+        ids = seed_clusters([by_seed[s].cc for s in seeds], cfg.stats.cluster_min_cos)
+        cl[name] = {s: x + offset for s, x in zip(seeds, ids)}
+        offset += int(max(int(x.max()) for x in ids)) + 1
+    per_seed, clusters, masses = [], [], []
+    for seed in seeds:
+        Sx, sx, Tx, tx = _sets(cfg, diffs, seed)
+        per_seed.append((Sx.labels(sx), Tx.labels(tx)))
+        clusters.append((cl[Sx.name][seed][sx], cl[Tx.name][seed][tx]))
+        masses.append((_mass(Sx, sx, "B"), _mass(Tx, tx, "A" if Tx is Sx else "B")))
+    return pooled_category_shift(per_seed, clusters, taxonomy, cfg.stats, masses=masses)
 
 
 def _selection_counts(d: CrosscoderDiff) -> dict:

@@ -247,6 +247,12 @@ class StatsConfig:
     """Categories with n_S + n_T below this are marked insufficient."""
     seed: int = 0
     """Seed of resampling."""
+    pool_seeds: bool = True
+    """With several crosscoder seeds, the headline category shift pools the specific sets of all seeds, with clusters
+    of matched latents (one feature found by several seeds) as the unit of the bootstrap CI and the permutation test;
+    false = the first seed alone (Katz CI, Fisher test)."""
+    cluster_min_cos: float = 0.7
+    """Latents of two seeds whose Hungarian-matched decoder cosine is at least this are one cluster (pooled shift)."""
 
 
 @dataclass
@@ -510,6 +516,8 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: stats.confidence must be in (0, 1), got {s.confidence}")
     for key in ("bootstrap", "permutations"):
         _positive(where, f"stats.{key}", getattr(s, key))
+    if not 0 < s.cluster_min_cos <= 1:
+        raise ConfigError(f"{where}: stats.cluster_min_cos must be in (0, 1], got {s.cluster_min_cos}")
     if not cfg.controls.seeds:
         raise ConfigError(f"{where}: controls.seeds must list at least one seed")
     if not 0 <= cfg.controls.identity_max_fraction < 1:

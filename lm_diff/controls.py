@@ -26,6 +26,7 @@ __all__ = [
     "concat_decoders",
     "match_decoders",
     "seed_reproducibility",
+    "seed_clusters",
     "identity_control_summary",
     "random_init_null",
     "category_permutation_null",
@@ -88,6 +89,33 @@ def seed_reproducibility(crosscoders: Sequence[Any], reference: int = 0, seeds: 
         df["reproducibility"] = np.nan
         df["min_cos"] = np.nan
     return df
+
+
+def seed_clusters(crosscoders: Sequence[Any], min_cos: float = 0.7) -> list[np.ndarray]:
+    """Cluster ids of the latents of several crosscoders (one per seed): latents Hungarian-matched between any two
+    seeds with cosine ≥ ``min_cos`` on [d^A; d^B] share a cluster (union-find over every pair of seeds); the others
+    are singletons. Returns one int array [L_s] per crosscoder; ids are dense and comparable across seeds."""
+    sizes = [concat_decoders(cc).shape[0] for cc in crosscoders]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    parent = np.arange(int(offsets[-1]))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    for a in range(len(crosscoders)):
+        for b in range(a + 1, len(crosscoders)):
+            m = match_decoders(crosscoders[a], crosscoders[b])
+            ok = (m["match"].to_numpy() >= 0) & (m["cos"].to_numpy() >= min_cos)
+            for i, j in zip(m["latent"].to_numpy()[ok], m["match"].to_numpy()[ok]):
+                ri, rj = find(int(offsets[a] + i)), find(int(offsets[b] + j))
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    roots = np.array([find(i) for i in range(len(parent))])
+    _, dense = np.unique(roots, return_inverse=True)
+    return [dense[offsets[s]:offsets[s + 1]] for s in range(len(crosscoders))]
 
 
 def identity_control_summary(table: pd.DataFrame, scaling: Optional[pd.DataFrame] = None, controls_cfg: Any = None) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def read_source(src: Any, tokenizer: Any, budget_tokens: int, seed: int = 0, whe
         if doc is None or not doc["text"].strip():
             continue
         doc.update({"source": label, "category": None, "chat": bool(src.chat)})
-        used += len(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
+        used += len(tokenizer(doc["text"], add_special_tokens=False, verbose=False)["input_ids"])
         out.append(doc)
     if not out:
         raise UserError(f"{where}: source {src.path!r} produced no documents")

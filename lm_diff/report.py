@@ -155,6 +155,11 @@ def make_category_table(
                     ls[key] = r[a]
         for k in ("share_ratio", "count_ratio", "ci_low", "ci_high", "q_value", "n_S", "n_T", "insufficient"):
             ls.setdefault(k, None)
+        if r.get("clusters_c") is not None:  # shift.pooled_category_shift: seeds pooled, clusters as the unit
+            ls["method"] = "pooled_seeds"
+            ls["clusters"] = r["clusters_c"]
+        else:
+            ls["method"] = "single_seed"
         row(name)["latent_shift"] = ls
     if exposure is not None and len(exposure):
         for c, g in exposure.groupby("category"):
@@ -308,13 +313,19 @@ def _caveats(report: dict, config: Any) -> list[str]:
             cv.append(f"{arch} crosscoder: counts are not directly comparable with L1-trained dictionaries (e.g. the seed paper's).")
     small = [c["name"] for c in report["categories"] if (c.get("latent_shift") or {}).get("insufficient")]
     if small:
-        cv.append(f"Small counts (n_S + n_T below the minimum) for: {', '.join(small)}; their ratios are unstable and shown for completeness.")
+        cv.append(f"Small counts (n_S + n_T, or the clusters carrying the category when seeds are pooled, below the minimum) for: {', '.join(small)}; their ratios are unstable and shown for completeness.")
     unmapped = [c["name"] for c in report["categories"] if c.get("latent_shift") and not c.get("score_gap")]
     if unmapped and report["tasks"]:
         cv.append(f"No benchmark task is mapped to: {', '.join(unmapped)}; no score gap or sign agreement for them.")
     if any(c.get("association") for c in report["categories"]):
         cv.append("Per-item associations are correlational; only the causal ablation (when run) tests that the latents matter.")
-    cv.append("Score CIs are paired bootstrap intervals over documents; share-ratio CIs are Katz log intervals (R − 1 scale).")
+    pooled = any((c.get("latent_shift") or {}).get("method") == "pooled_seeds" for c in report["categories"])
+    if pooled:
+        cv.append("Score CIs are paired bootstrap intervals over documents. Latent shifts pool the specific latents of every "
+                  "crosscoder seed; latents matched across seeds count as one cluster, the share-ratio CI (R − 1 scale) is a "
+                  "cluster bootstrap and q a cluster label-permutation test with Benjamini-Hochberg.")
+    else:
+        cv.append("Score CIs are paired bootstrap intervals over documents; share-ratio CIs are Katz log intervals (R − 1 scale).")
     return cv
 
 

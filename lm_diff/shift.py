@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .stats import _percentile, bh_qvalues, count_ratio, fisher_exact, hierarchical_bootstrap, katz_share_ratio_ci, permutation_shift_null, share_ratio
+from .stats import _percentile, bh_qvalues, cluster_shift, count_ratio, fisher_exact, hierarchical_bootstrap, katz_share_ratio_ci, permutation_shift_null, share_ratio
 
 UNASSIGNED = "unassigned"
 _NO_CATEGORY = {UNASSIGNED, "none", "", None}
 
-__all__ = ["category_shift", "label_matrix", "UNASSIGNED"]
+__all__ = ["category_shift", "pooled_category_shift", "label_matrix", "UNASSIGNED"]
 
 
 def _names(taxonomy: Any) -> list[str]:
@@ -181,4 +181,87 @@ def category_shift(
         null = permutation_shift_null(piS, piT, n_perm=n_perm, seed=seed)
         df["perm_p"] = null["p"]
     df.attrs.update({"confidence": conf, "min_count": min_count, "N_S": N_S, "N_T": N_T})
+    return df
+
+
+def pooled_category_shift(
+    per_seed: Sequence[tuple[Any, Any]],
+    clusters: Sequence[tuple[Sequence[int], Sequence[int]]],
+    taxonomy: Any,
+    stats_cfg: Any = None,
+    masses: Optional[Sequence[tuple[Sequence[float], Sequence[float]]]] = None,
+    *,
+    include_unassigned: bool = True,
+) -> pd.DataFrame:
+    """Category shift pooled over crosscoder seeds, with clusters of matched latents as the statistical unit.
+
+    ``per_seed``: [(S_labels, T_labels)] per seed; ``clusters``: [(S cluster ids, T cluster ids)] per seed, in the
+    same order (``controls.seed_clusters``: latents matched across seeds share an id; S and T ids must be disjoint
+    when S and T come from different crosscoders). Counts are pooled over seeds (n_c^S = Σ_seeds n_c^{S_s}); the
+    CI is a cluster bootstrap and ``p`` a cluster label-permutation test (``stats.cluster_shift``); ``q`` is BH
+    across taxonomy categories. ``insufficient`` when fewer than ``min_count`` distinct clusters carry the category.
+    Columns as :func:`category_shift` (pooled counts) plus ``p``, ``q``, ``clusters_S``, ``clusters_T``,
+    ``clusters_c`` (clusters carrying the category) and, with ``masses``, pooled ``mass_share_S``/``_T``."""
+    conf = float(getattr(stats_cfg, "confidence", 0.95))
+    n_boot = int(getattr(stats_cfg, "bootstrap", 2000))
+    n_perm = int(getattr(stats_cfg, "permutations", 2000))
+    min_count = float(getattr(stats_cfg, "min_count", 5))
+    seed = int(getattr(stats_cfg, "seed", 0))
+    cats = _names(taxonomy)
+    names = cats + ([UNASSIGNED] if include_unassigned else [])
+    if len(clusters) != len(per_seed):
+        raise ValueError(f"{len(per_seed)} seeds of labels but {len(clusters)} of cluster ids")
+    rows_pi, rows_k, rows_S, rows_m = [], [], [], []
+    for i, ((s_lab, t_lab), (s_ids, t_ids)) in enumerate(zip(per_seed, clusters)):
+        for lab, ids, in_s, side in ((s_lab, s_ids, True, 0), (t_lab, t_ids, False, 1)):
+            pi = label_matrix(lab, cats, "per-seed labels")
+            if len(pi) != len(ids):
+                raise ValueError(f"seed {i}: {len(pi)} labels but {len(ids)} cluster ids")
+            if include_unassigned:
+                pi = np.concatenate([pi, (pi.sum(1) == 0)[:, None].astype(float)], axis=1)
+            rows_pi.append(pi)
+            rows_k.append(np.asarray(ids, dtype=np.int64))
+            rows_S.append(np.full(len(pi), in_s))
+            m = masses[i][side] if masses is not None else np.full(len(pi), np.nan)
+            rows_m.append(np.asarray(m, dtype=float))
+    pi = np.concatenate(rows_pi) if rows_pi else np.zeros((0, len(names)))
+    kid = np.concatenate(rows_k) if rows_k else np.zeros(0, np.int64)
+    in_S = np.concatenate(rows_S) if rows_S else np.zeros(0, bool)
+    mass = np.concatenate(rows_m) if rows_m else np.zeros(0)
+    uniq, k = np.unique(kid, return_inverse=True)
+    K = len(uniq)
+    u = np.bincount(k, weights=in_S.astype(float), minlength=K)
+    v = np.bincount(k, weights=(~in_S).astype(float), minlength=K)
+    size = np.bincount(k, minlength=K).astype(float)
+    lab = np.zeros((K, len(names)))
+    np.add.at(lab, k, pi)
+    lab /= np.maximum(size, 1)[:, None]
+    res = cluster_shift(u, v, lab, n_boot=n_boot, n_perm=n_perm, confidence=conf, seed=seed)
+    nS_exact = pi[in_S].sum(0)
+    nT_exact = pi[~in_S].sum(0)
+    N_S, N_T = float(in_S.sum()), float((~in_S).sum())
+    carried = (lab > 0).sum(0)
+    df = pd.DataFrame({
+        "category": names,
+        "n_S": nS_exact, "n_T": nT_exact, "N_S": N_S, "N_T": N_T,
+        "share_S": nS_exact / N_S if N_S else np.nan, "share_T": nT_exact / N_T if N_T else np.nan,
+        "count_ratio": [count_ratio(a, b) for a, b in zip(nS_exact, nT_exact)],
+        "share_ratio": [share_ratio(a, N_S, b, N_T) for a, b in zip(nS_exact, nT_exact)],
+        "share_ratio_lo": res["lo"], "share_ratio_hi": res["hi"],
+        "p": res["p"],
+        "insufficient": carried < min_count,
+        "clusters_S": int((u > 0).sum()), "clusters_T": int((v > 0).sum()), "clusters_c": carried,
+    })
+    is_cat = df["category"] != UNASSIGNED
+    df["q"] = np.nan
+    df.loc[is_cat, "q"] = bh_qvalues(df.loc[is_cat, "p"].to_numpy())
+    if masses is not None:
+        for side, sel in (("S", in_S), ("T", ~in_S)):
+            m = np.nan_to_num(mass[sel])
+            tot = m.sum()
+            df[f"mass_share_{side}"] = (pi[sel] * m[:, None]).sum(0) / tot if tot > 0 else np.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df["mass_ratio"] = df["mass_share_S"] / df["mass_share_T"] - 1.0
+    df.attrs.update({"confidence": conf, "min_count": min_count, "N_S": N_S, "N_T": N_T, "seeds": len(per_seed),
+                     "clusters": K, "method": "pooled over seeds; cluster bootstrap CI; cluster label-permutation p"})
     return df

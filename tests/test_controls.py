@@ -63,3 +63,23 @@ def test_random_init_null():
     assert out["delta_quantiles"][0.5] == pytest.approx(0.5)
     null = controls.category_permutation_null(np.eye(2)[[0] * 10 + [1] * 10], np.eye(2)[[1] * 20], None)
     assert null["p"][0] < 0.01
+
+
+def test_seed_clusters_union_find():
+    rng = np.random.default_rng(2)
+    W = rng.normal(size=(30, 2, 64))  # wide enough that no random latent comes near another (|cos| << 0.7)
+    p1, p2 = rng.permutation(30), rng.permutation(30)
+    W1, W2 = W[p1].copy(), W[p2].copy()
+    W2[np.argsort(p2)[:5]] = rng.normal(size=(5, 2, 64))  # latents 0..4 of seed 0 are not found again in seed 2
+    ids0, ids1, ids2 = controls.seed_clusters([W, W1, W2], min_cos=0.7)
+    # seed 1 reproduces everything: same cluster as the seed-0 latent it is a permutation of
+    assert (ids1 == ids0[p1]).all()
+    # seed 2's replacements are singletons; the others share their seed-0 latent's cluster
+    fresh = np.argsort(p2)[:5]
+    assert len(set(ids2[fresh]) & set(ids0)) == 0 and len(set(ids2[fresh])) == 5
+    keep = np.setdiff1d(np.arange(30), fresh)
+    assert (ids2[keep] == ids0[p2[keep]]).all()
+    assert len(np.unique(np.concatenate([ids0, ids1, ids2]))) == 35
+    # a threshold above every matched cosine leaves only singletons
+    ids = controls.seed_clusters([W, W1 + 0.5 * rng.normal(size=W1.shape)], min_cos=0.9999)
+    assert len(np.unique(np.concatenate(ids))) == 60

@@ -63,3 +63,87 @@ def test_masses_bootstrap_and_permutation():
     r = df.loc["instruction_following"]
     assert r.boot_share_ratio_lo < r.share_ratio < r.boot_share_ratio_hi and r.boot_share_ratio_lo > 0
     assert r.perm_p < 0.01 and r.fisher_q < 0.01
+
+
+def _cluster_data(rng, K, n_seeds, p_S, rates_S, rates_T, found=1.0):
+    """Seeds of S/T label sets drawn from K underlying features; each seed finds each feature with prob ``found``."""
+    cats = list(rates_S)
+    is_S = rng.random(K) < p_S
+    lab = np.where(is_S[:, None], rng.random((K, 1)) < np.array([rates_S[c] for c in cats])[None],
+                   rng.random((K, 1)) < np.array([rates_T[c] for c in cats])[None])
+    first = np.where(lab.any(1), lab.argmax(1), -1)
+    per_seed, clusters = [], []
+    for _ in range(n_seeds):
+        got = rng.random(K) < found
+        s_k = np.flatnonzero(got & is_S)
+        t_k = np.flatnonzero(got & ~is_S)
+        name = lambda k: cats[first[k]] if first[k] >= 0 else "unassigned"  # noqa: E731
+        per_seed.append(([name(k) for k in s_k], [name(k) for k in t_k]))
+        clusters.append((s_k, t_k))
+    return cats, per_seed, clusters
+
+
+def test_pooled_matches_single_seed_with_singletons():
+    from lm_diff.shift import pooled_category_shift
+
+    S = _labels({"safety": 12, "instruction_following": 3}, 40)
+    T = _labels({"safety": 4, "hallucination": 6}, 50)
+    cfg = StatsConfig(bootstrap=500, permutations=2000)
+    pooled = pooled_category_shift([(S, T)], [(np.arange(40), np.arange(40, 90))], TAX, cfg).set_index("category")
+    single = category_shift(S, T, TAX, cfg, permutation=True).set_index("category")
+    for col in ("n_S", "n_T", "N_S", "N_T", "share_ratio", "count_ratio"):
+        assert pooled[col].to_numpy() == pytest.approx(single[col].to_numpy(), nan_ok=True)
+    assert pooled.at["safety", "share_ratio"] == pytest.approx((12 / 40) / (4 / 50) - 1)
+    # the cluster permutation test with singleton clusters is the latent-level permutation test
+    assert pooled.at["safety", "p"] == pytest.approx(single.at["safety", "perm_p"], abs=0.02)
+    assert pooled.at["safety", "share_ratio_lo"] > 0 and pooled.at["safety", "p"] < 0.05
+    assert bool(pooled.at["hallucination", "insufficient"]) is False and bool(pooled.at["instruction_following", "insufficient"]) is True
+
+
+def test_pooled_identical_seeds_add_no_evidence():
+    """Three seeds that find the same latents: counts triple, but the p-value and CI are those of one seed."""
+    from lm_diff.shift import pooled_category_shift
+
+    S = _labels({"safety": 9, "hallucination": 2}, 40)
+    T = _labels({"safety": 5, "hallucination": 6}, 50)
+    ids = (np.arange(40), np.arange(40, 90))
+    cfg = StatsConfig(bootstrap=400, permutations=1000)
+    one = pooled_category_shift([(S, T)], [ids], TAX, cfg).set_index("category")
+    three = pooled_category_shift([(S, T)] * 3, [ids] * 3, TAX, cfg).set_index("category")
+    assert three.at["safety", "n_S"] == 27 and three.at["safety", "N_T"] == 150
+    for col in ("share_ratio", "share_ratio_lo", "share_ratio_hi", "p", "q"):
+        assert three[col].to_numpy() == pytest.approx(one[col].to_numpy(), nan_ok=True)
+    # treating the 3 x 40 latents as independent (Fisher on pooled counts) would overstate the evidence
+    assert fisher_exact(27, 120, 15, 150) < one.at["safety", "p"] / 2
+
+
+def test_pooled_cluster_test_is_calibrated_under_the_null():
+    """No shift, three seeds that each find 70 % of the same features: the cluster test rejects at about the nominal
+    rate, the latent-level Fisher test on pooled counts far more often."""
+    from lm_diff.shift import pooled_category_shift
+
+    rng = np.random.default_rng(0)
+    rates = {"safety": 0.15, "instruction_following": 0.1, "hallucination": 0.1}
+    cfg = StatsConfig(bootstrap=10, permutations=400)
+    rej_cluster = rej_fisher = n = 0
+    for _ in range(150):
+        cats, per_seed, clusters = _cluster_data(rng, 120, 3, 0.45, rates, rates, found=0.7)
+        df = pooled_category_shift(per_seed, clusters, cats, cfg).set_index("category")
+        rej_cluster += int(df.at["safety", "p"] < 0.05)
+        a, b = df.at["safety", "n_S"], df.at["safety", "n_T"]
+        rej_fisher += int(fisher_exact(a, df.at["safety", "N_S"], b, df.at["safety", "N_T"]) < 0.05)
+        n += 1
+    assert rej_cluster / n <= 0.09
+    assert rej_fisher / n >= 2 * max(rej_cluster / n, 0.03)
+
+
+def test_pooled_cluster_test_finds_a_planted_shift():
+    from lm_diff.shift import pooled_category_shift
+
+    rng = np.random.default_rng(1)
+    cfg = StatsConfig(bootstrap=300, permutations=1000)
+    cats, per_seed, clusters = _cluster_data(rng, 150, 3, 0.45, {"safety": 0.3, "hallucination": 0.1},
+                                             {"safety": 0.08, "hallucination": 0.1}, found=0.7)
+    df = pooled_category_shift(per_seed, clusters, cats, cfg).set_index("category")
+    assert df.at["safety", "q"] < 0.05 and df.at["safety", "share_ratio_lo"] > 0
+    assert df.at["safety", "clusters_c"] < df.at["safety", "n_S"] + df.at["safety", "n_T"]

@@ -207,10 +207,11 @@ class CategoriesConfig:
     """JSONL of {text, category} labelled prompts disjoint from scored items (None = the built-in generated set)."""
     auroc_min: float = 0.75
     """Grounded assignment: minimum AUROC of category vs neutral max-activations."""
-    specificity_min: float = 0.6
+    specificity_min: float = 0.75
     """Grounded assignment: minimum AUROC of category vs the other categories' prompts (one-vs-rest), so a latent that
-    fires on everything the labelled sets share (chat template, boilerplate) is not counted in every category; 0.5
-    switches the test off."""
+    fires on everything the labelled sets share (chat template, boilerplate) is not counted in every category. The
+    default is the enrichment bar (auroc_min): a latent must separate c from the other categories as well as from
+    neutral text; 0.5 switches the test off."""
     q: float = 0.05
     """Benjamini-Hochberg false discovery rate across latent x category tests."""
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)

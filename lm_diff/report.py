@@ -412,7 +412,7 @@ def build_report(
             "exposure": c.get("exposure"),
             "association": c.get("association"),
             "causal": c.get("causal"),
-            "agreement": sign_agreement(ls, gap, alpha=alpha) if ls and gap else None,
+            "agreement": None,  # set below, once the linked family is known
             "seed_signs": seed_signs(per_seed, n),
             "planted": (n in planted and _planted_sign(planted[n]) != 0) if organism else None,
             "planted_sign": _planted_sign(planted.get(n)) if organism else None,
@@ -420,6 +420,13 @@ def build_report(
         if organism and n in planted and planted[n]:
             row["planted_info"] = _clean(planted[n])
         categories.append(row)
+
+    linked_qvalues(categories)
+    for row in categories:
+        ls, gap = row["latent_shift"], row["score_gap"]
+        if ls and gap:
+            linked = ls if ls.get("q_linked") is None else {**ls, "q_value": ls["q_linked"]}
+            row["agreement"] = sign_agreement(linked, gap, alpha=alpha)
 
     def rank_key(c):
         ls = c.get("latent_shift") or {}
@@ -582,6 +589,31 @@ def gates_lines(report: dict) -> list[str]:
     return lines
 
 
+def linked_qvalues(categories: list[dict]) -> None:
+    """Add ``latent_shift.q_linked`` to the categories whose benchmark gap is significant: Benjamini-Hochberg over
+    that family only. The report's primary question is why the benchmarks moved, so its primary hypotheses are the
+    latent shifts of the categories whose score moved; the exploratory ``q_value`` stays BH over every category.
+    Selecting the family by the score gap is independent filtering (Bourgon et al. 2010): the shift's p-value is a
+    label-permutation test over latents, uniform under its null whatever the benchmark scores are, so BH over the
+    family still controls the false discovery rate."""
+    from .link import gap_significant
+    from .stats import bh_qvalues
+
+    family = [c for c in categories if c.get("latent_shift") and c.get("score_gap") and gap_significant(c["score_gap"])
+              and not c["latent_shift"].get("insufficient") and _f(c["latent_shift"].get("p_value")) is not None]
+    if not family:
+        return
+    q = bh_qvalues(np.array([_f(c["latent_shift"]["p_value"]) for c in family]))
+    for c, qq in zip(family, q):
+        c["latent_shift"]["q_linked"] = float(qq)
+
+
+def _q_cell(ls: Mapping) -> str:
+    """``q`` (BH over all categories), with the linked-family q after a slash when there is one."""
+    q = fmt_p(ls.get("q_value"))
+    return q if ls.get("q_linked") is None else f"{q} / {fmt_p(ls['q_linked'])}"
+
+
 def category_rows(report: dict) -> list[list[str]]:
     rows = []
     for c in report["categories"]:
@@ -591,7 +623,7 @@ def category_rows(report: dict) -> list[list[str]]:
             f"{fmt_num(g.get('delta'), 1, True)} {fmt_ci(g.get('ci_low'), g.get('ci_high'))}".strip() if g else "–",
             f"{fmt_pct(ls.get('share_ratio'))} [{fmt_pct(ls.get('ci_low'))}, {fmt_pct(ls.get('ci_high'))}]" if ls else "–",
             fmt_pct(ls.get("count_ratio")) if ls else "–",
-            fmt_p(ls.get("q_value")) if ls else "–",
+            _q_cell(ls) if ls else "–",
             f"{ls.get('n_S', '–')}/{ls.get('n_T', '–')}" + (" insufficient" if ls.get("insufficient") else "") if ls else "–",
             f"{fmt_num(ex.get('S'), 2)} / {fmt_num(ex.get('T'), 2)}" if ex else "–",
             f"{fmt_num(a.get('r'), 2, True)} (p {fmt_p(a.get('p_value'))})" if a else "–",
@@ -614,7 +646,7 @@ def _seed_cell(s: Optional[Mapping]) -> str:
     return f"{p}+ {m}−"
 
 
-CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "share ratio [CI]", "count ratio", "q", "n_S/n_T", "exposure S/T",
+CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T", "exposure S/T",
                     "assoc. r (p)", "causal frac.", "seeds", "sign"]
 
 
@@ -683,7 +715,7 @@ def print_summary(report: dict, console: Any = None) -> None:
     if o:
         con.print(f"overall Δscore (B − A): [bold]{fmt_num(o['delta'], 1, True)}[/bold] points {fmt_ci(o['ci_low'], o['ci_high'])} over {o['n']} docs")
     t = Table(title="categories", show_lines=False)
-    for h in ["category", "Δscore [CI]", "share ratio [CI]", "q", "n_S/n_T", "seeds", "sign"]:
+    for h in ["category", "Δscore [CI]", "share ratio [CI]", "q all / linked", "n_S/n_T", "seeds", "sign"]:
         t.add_column(h)
     for r in category_rows(report):
         t.add_row(*(escape(str(x)) for x in (r[0], r[1], r[2], r[4], r[5], r[9], r[10])))

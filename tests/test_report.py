@@ -209,3 +209,26 @@ def test_seed_signs_counts_and_cell():
     rep = build_report(category_table=[{"name": "safety", "latent_shift": {"share_ratio": 1.2}}],
                        controls={"seeds": {"seeds": [0, 1, 2], "per_seed": rows}})
     assert rep["categories"][0]["seed_signs"] == {"n": 3, "positive": 3, "negative": 0}
+
+
+def test_linked_q_is_bh_over_the_categories_whose_score_moved():
+    """q_linked: BH over the categories with a significant score gap only; agreement uses it, q_value stays BH over all."""
+    gap_up = {"delta": 50.0, "ci_low": 40.0, "ci_high": 60.0}
+    shifts = [  # name, share ratio, p, q over all categories, score gap
+        ("safety", 1.2, 0.01, 0.06, gap_up),
+        ("multilingual", 0.9, 0.04, 0.09, gap_up),
+        ("math", 2.0, 0.001, 0.011, {"delta": 1.0, "ci_low": -2.0, "ci_high": 4.0}),  # score did not move
+        ("code", -0.5, 0.30, 0.40, {"delta": -50.0, "ci_low": -60.0, "ci_high": -40.0}),
+    ]
+    cats = [{"name": n, "latent_shift": {"share_ratio": sr, "p_value": p, "q_value": q, "insufficient": False}} for n, sr, p, q, _ in shifts]
+    gaps = [{"name": n, "level": "category", **g} for n, *_, g in shifts]
+    rep = build_report(category_table=cats, score_table=gaps, config=_cfg())
+    by = {c["name"]: c for c in rep["categories"]}
+    # family {safety, multilingual, code}: p (0.01, 0.04, 0.30) -> BH (0.03, 0.06, 0.30)
+    assert by["safety"]["latent_shift"]["q_linked"] == pytest.approx(0.03)
+    assert by["multilingual"]["latent_shift"]["q_linked"] == pytest.approx(0.06)
+    assert by["code"]["latent_shift"]["q_linked"] == pytest.approx(0.30)
+    assert "q_linked" not in by["math"]["latent_shift"]
+    assert by["safety"]["agreement"] is True  # q_value 0.06 alone would not pass
+    assert by["multilingual"]["agreement"] is None and by["code"]["agreement"] is None and by["math"]["agreement"] is None
+    assert by["safety"]["latent_shift"]["q_value"] == 0.06

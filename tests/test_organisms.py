@@ -241,3 +241,27 @@ def test_checks(spec, text, ok):
 def test_check_rejects_unknown_type():
     with pytest.raises(ValueError):
         checks.check({"check": {"type": "rhymes"}}, "x")
+
+
+def test_shipped_demo_organisms_are_current(tmp_path):
+    """The demo pair shipped in the package is what the current generator builds (same source hash, intact weights),
+    and a build of that size copies it instead of training."""
+    import importlib
+
+    from lm_diff import io
+
+    B = importlib.import_module("lm_diff.organisms.build")  # the package exports the function ``build`` by that name
+    shipped = B.shipped_dir("demo")
+    assert shipped is not None, "no shipped demo organisms: run `make organisms-ship`"
+    manifest = io.read_json(shipped / "organism.json")
+    assert manifest["hash"] == B.build_hash("demo"), "the generator changed since the demo organisms were shipped: run `make organisms-ship`"
+    assert set(manifest["models"]) == set(B.CORE)
+    for name in B.CORE:
+        assert io.hash_file(shipped / name / "model.safetensors", n=64) == manifest["weights_sha256"][name]
+    t0 = time.perf_counter()
+    out = B.build("demo", out=tmp_path / "demo", progress=False, models=B.CORE)
+    assert time.perf_counter() - t0 < 10  # copied, not trained (training takes minutes)
+    for name in B.CORE:
+        assert io.hash_file(out / name / "model.safetensors", n=64) == manifest["weights_sha256"][name]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*B.CORE, "organism.json"])
+    assert B.shipped_dir("tiny") is None  # test fixtures are always built

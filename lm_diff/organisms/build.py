@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -83,6 +84,36 @@ def build_hash(size: str) -> str:
                         "config": dataclasses.asdict(_size(size)), "base_mix": BASE_MIX, "ft_mix": FT_MIX}, n=12)
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "organisms"  # prebuilt pairs shipped in the package
+
+
+def shipped_dir(size: str) -> Path | None:
+    """The prebuilt ``base`` and ``finetuned`` of ``size`` shipped inside the package (the demo pair), or None.
+
+    They are what :func:`build` trains from the current generator (``organism.json``'s hash is checked here, and
+    ``tests/test_organisms.py`` checks it against the sources), so every user runs the demo on the same weights
+    instead of a rebuild that may differ in the last digits; ``lm-diff organisms build --force`` trains them from
+    scratch, and ``make organisms-ship`` (:func:`ship`) refreshes the shipped copy after a generator change."""
+    path = SHIPPED / size
+    return path if (path / "organism.json").exists() else None
+
+
+def ship(size: str = "demo") -> Path:
+    """Train ``size`` from scratch and store ``base``, ``finetuned`` and their manifest as the shipped copy."""
+    with io.atomic_dir(cache_root() / "ship" / size) as tmp:
+        build(size, out=tmp / "build", force=True, models=CORE)
+        with io.atomic_dir(SHIPPED / size) as final:
+            _copy_core(tmp / "build", final)
+    return SHIPPED / size
+
+
+def _copy_core(src: Path, dst: Path) -> None:
+    """Copy ``base``, ``finetuned`` and ``organism.json`` of a build."""
+    for name in CORE:
+        shutil.copytree(src / name, dst / name)
+    shutil.copy2(src / "organism.json", dst / "organism.json")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("LM_DIFF_CACHE") or Path.home() / ".cache" / "lm_diff")
 
@@ -107,7 +138,8 @@ def build(size: str = "demo", out: str | Path | None = None, force: bool = False
     """Build the ``size`` organisms into ``out`` (default :func:`organism_dir`) unless an identical build is there.
 
     ``base`` and ``finetuned`` are always built together; ``null`` (a control, not needed by the demo pair) only when
-    ``models`` names it, from the saved ``base``, so a demo run does not pay for it."""
+    ``models`` names it, from the saved ``base``, so a demo run does not pay for it. When the package ships a prebuilt
+    pair of this size from the same generator (:func:`shipped_dir`), it is copied instead of trained, unless ``force``."""
     bad = [m for m in models if m not in MODELS]
     if bad:
         raise UserError(f"unknown organism model {bad[0]!r}; choose from {', '.join(MODELS)}")
@@ -115,11 +147,17 @@ def build(size: str = "demo", out: str | Path | None = None, force: bool = False
     h = build_hash(size)
     out = Path(out) if out is not None else organism_dir(size)
     if force or not _is_built(out, h):
+        shipped = None if force else shipped_dir(size)
+        use_shipped = shipped is not None and _is_built(shipped, h)
         with io.atomic_dir(out) as tmp:
-            manifest = _build_into(size, cfg, h, tmp, progress)
-            io.write_json(tmp / "organism.json", manifest)
+            if use_shipped:
+                _copy_core(shipped, tmp)
+                manifest = io.read_json(tmp / "organism.json")
+            else:
+                manifest = _build_into(size, cfg, h, tmp, progress)
+                io.write_json(tmp / "organism.json", manifest)
         if progress:
-            _print_summary(out, manifest)
+            _print_summary(out, manifest, shipped=use_shipped)
     if "null" in models and not (out / "null" / "model.safetensors").exists():
         _build_null(size, cfg, out, progress)
     return out
@@ -244,13 +282,15 @@ def _build_null(size: str, cfg: SizeConfig, out: Path, progress: bool) -> None:
         Console(stderr=True).print(f"[green]organisms[/green] null control built in {run['seconds']:.1f}s: {out / 'null'}")
 
 
-def _print_summary(out: Path, manifest: dict) -> None:
+def _print_summary(out: Path, manifest: dict, shipped: bool = False) -> None:
     from rich.console import Console
 
     c = Console(stderr=True)
     arch = manifest["architecture"]
+    how = ("prebuilt, shipped with lm_diff (`lm-diff organisms build --size "
+           f"{manifest['size']} --force` trains them from scratch)") if shipped else f"built in {manifest['timings_s']['total']:.1f}s"
     c.print(f"[green]organisms[/green] {manifest['size']}: {arch['n_params'] / 1e6:.2f}M params, "
-            f"{arch['n_layers']} layers x d={arch['d_model']}, built in {manifest['timings_s']['total']:.1f}s")
+            f"{arch['n_layers']} layers x d={arch['d_model']}, {how}")
     for m in CORE:
         c.print(f"  {m:<10} {out / m}")
     planted = ", ".join(f"{k}{'+' if v > 0 else '-'}" for k, v in manifest["planted"].items() if v)

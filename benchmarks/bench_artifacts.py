@@ -54,7 +54,10 @@ def main(argv=None) -> dict:
     store = ActivationStore(capture(models, tok, docs, [layer], work / "store", cfg.capture, progress=False))
     out: dict = {"size": a.size, "layer": layer, "tokens": store.n_tokens, "steps": a.steps}
     for arch in ("batchtopk", "l1"):
-        xc = dataclasses.replace(cfg.crosscoder, architecture=arch, steps=a.steps, l1_coefficient=a.l1)
+        # Standard crosscoders (every latent has a free decoder per model): the artifacts are theirs. Dedicated
+        # latents (crosscoder.exclusive, on in the shipped configs) have Δnorm 0 or 1 by construction, which would
+        # make every dedicated latent "Δ-only exclusive" whatever the sparsity penalty.
+        xc = dataclasses.replace(cfg.crosscoder, architecture=arch, steps=a.steps, l1_coefficient=a.l1, exclusive=0)
         t0 = time.perf_counter()
         d = train_crosscoder(store, xc, work / arch, layer=layer, progress=False)
         cc = CrossCoder.load(d)
@@ -72,6 +75,8 @@ def main(argv=None) -> dict:
     out["l1_vs_batchtopk_delta_only"] = [total(out["l1"], "delta_only"), total(out["batchtopk"], "delta_only")]
     out["l1_removed_fraction"] = (out["l1"]["removed_by_scaling"] / total(out["l1"], "delta_only")
                                   if total(out["l1"], "delta_only") else None)
+    out["ok"] = (total(out["l1"], "delta_only") > total(out["batchtopk"], "delta_only")
+                 and out["l1"]["removed_by_scaling"] > 0)
     print(f"L1: {total(out['l1'], 'delta_only')} Δ-only exclusive latents, {total(out['l1'], 'after_scaling')} after "
           f"latent scaling; BatchTopK: {total(out['batchtopk'], 'delta_only')} → {total(out['batchtopk'], 'after_scaling')}")
     print(json.dumps(out))

@@ -6,7 +6,7 @@ condition holds, e.g. ``safety<-2.0`` fails when the safety score gap is below �
 - TARGET: a category name, ``overall``, or a task name.
 - FIELD (default ``delta``): ``delta``, ``ci_low``, ``ci_high``, ``p_value`` (score gap, points), ``latent_shift`` /
   ``share_ratio`` (R − 1, e.g. −0.5 = half the share), ``count_ratio``, ``shift_ci_low``, ``shift_ci_high``,
-  ``q_value`` (latent shift), ``causal`` (fraction of the gap explained), ``exposure`` (S exposure).
+  ``q_value`` (latent shift, BH over all categories), ``q_linked`` (BH over the categories whose score moved), ``causal`` (fraction of the gap explained), ``exposure`` (S exposure).
 A value that is unavailable (e.g. a NaN CI) fails the rule, so a gate never passes silently.
 """
 
@@ -23,7 +23,7 @@ from .errors import UserError
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 SCORE_FIELDS = {"delta": "delta", "ci_low": "ci_low", "ci_high": "ci_high", "p_value": "p_value"}
 SHIFT_FIELDS = {"latent_shift": "share_ratio", "share_ratio": "share_ratio", "count_ratio": "count_ratio",
-                "shift_ci_low": "ci_low", "shift_ci_high": "ci_high", "q_value": "q_value"}
+                "shift_ci_low": "ci_low", "shift_ci_high": "ci_high", "q_value": "q_value", "q_linked": "q_linked"}
 OTHER_FIELDS = {"causal", "exposure"}
 FIELDS = sorted([*SCORE_FIELDS, *SHIFT_FIELDS, *OTHER_FIELDS])
 _RULE = re.compile(r"^\s*(?P<lhs>[^<>=\s]+)\s*(?P<op><=|>=|<|>)\s*(?P<num>[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")

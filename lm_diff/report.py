@@ -407,7 +407,7 @@ def build_report(
             "name": n,
             "description": getattr(taxo.get(n), "description", None),
             "parent": getattr(taxo.get(n), "parent", None),
-            "latent_shift": ls,
+            "latent_shift": dict(ls) if ls else ls,  # a copy: linked_qvalues adds to it
             "score_gap": gap,
             "exposure": c.get("exposure"),
             "association": c.get("association"),

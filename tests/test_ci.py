@@ -49,7 +49,7 @@ def test_evaluate_rules_on_report():
     rep = {
         "overall": {"delta": 5.0, "ci_low": 1.0, "ci_high": 9.0},
         "categories": [{"name": "safety", "score_gap": {"delta": -3.0, "ci_low": -5.0, "ci_high": None},
-                        "latent_shift": {"share_ratio": -0.6}}],
+                        "latent_shift": {"share_ratio": -0.6, "q_linked": 0.02}}],
         "tasks": [{"name": "t1", "delta": 2.0}],
         "quality": {"available": True},
     }
@@ -57,6 +57,7 @@ def test_evaluate_rules_on_report():
     assert res["safety<-2.0"].failed and not res["overall<0"].failed
     assert res["safety.ci_high<0"].failed and res["safety.ci_high<0"].value is None  # unavailable -> fails
     assert res["safety.latent_shift<-0.5"].failed and res["t1>1"].failed
+    assert evaluate_rules(["safety.q_linked<0.05"], rep)[0].failed
     with pytest.raises(UserError, match="did you mean safety"):
         evaluate_rules(["safty<0"], rep)
     with pytest.raises(UserError, match="only score-gap fields"):

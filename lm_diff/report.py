@@ -314,6 +314,7 @@ def _caveats(report: dict, config: Any) -> list[str]:
     small = [c["name"] for c in report["categories"] if (c.get("latent_shift") or {}).get("insufficient")]
     if small:
         cv.append(f"Small counts (n_S + n_T, or the clusters carrying the category when seeds are pooled, below the minimum) for: {', '.join(small)}; their ratios are unstable and shown for completeness.")
+    cv += _composition_caveats(report["categories"])
     unmapped = [c["name"] for c in report["categories"] if c.get("latent_shift") and not c.get("score_gap")]
     if unmapped and report["tasks"]:
         cv.append(f"No benchmark task is mapped to: {', '.join(unmapped)}; no score gap or sign agreement for them.")
@@ -331,6 +332,28 @@ def _caveats(report: dict, config: Any) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Build
+
+
+def _composition_caveats(categories: Sequence[Mapping], dominant: float = 0.25) -> list[str]:
+    """Share ratios are relative: a category holding a large share of one set lowers every other category's share in
+    that set. For each category with at least ``dominant`` of S or T, say by how much that alone moves the other
+    share ratios: the factor (1 − share_S) / (1 − share_T)."""
+    out = []
+    for c in categories:
+        ls = c.get("latent_shift") or {}
+        n_s, n_t, N_s, N_t = (_f(ls.get(k)) for k in ("n_S", "n_T", "N_S", "N_T"))
+        if c.get("name") == "unassigned" or None in (n_s, n_t, N_s, N_t) or not N_s or not N_t:
+            continue
+        a, b = n_s / N_s, n_t / N_t
+        if max(a, b) < dominant or min(a, b) >= 1:
+            continue
+        factor = (1 - a) / (1 - b)
+        if abs(math.log(factor)) < math.log(1.2):
+            continue
+        out.append(f"{c['name']} holds {100 * a:.0f} % of the fine-tune-specific set S and {100 * b:.0f} % of the "
+                   f"comparison set T, so every other category's share ratio is moved by {100 * (factor - 1):+.0f} % by "
+                   f"that alone; compare the other categories with each other as well as with no change.")
+    return out
 
 
 def seed_signs(per_seed: Optional[Sequence[Mapping]], category: str) -> Optional[dict]:
@@ -635,7 +658,8 @@ def category_rows(report: dict) -> list[list[str]]:
 
 
 def _seed_cell(s: Optional[Mapping]) -> str:
-    """``3/3 +`` when every seed agrees, else ``2+ 1−`` (seeds whose share ratio is above / below no change)."""
+    """``3/3 +`` when every seed agrees, else ``2+ 1−`` (seeds whose share ratio is above / below no change), then
+    ``1 n/a`` for seeds with no latent of the category in either set."""
     if not s:
         return "–"
     p, m, n = s["positive"], s["negative"], s["n"]
@@ -643,7 +667,8 @@ def _seed_cell(s: Optional[Mapping]) -> str:
         return f"{n}/{n} +"
     if m == n:
         return f"{n}/{n} −"
-    return f"{p}+ {m}−"
+    rest = n - p - m  # seeds with no latent of the category on either side, or exactly no change
+    return f"{p}+ {m}−" + (f" {rest} n/a" if rest else "")
 
 
 CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T", "exposure S/T",

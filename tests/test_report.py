@@ -204,11 +204,24 @@ def test_seed_signs_counts_and_cell():
     assert seed_signs(rows, "safety") == {"n": 3, "positive": 3, "negative": 0}
     assert seed_signs(rows, "code") == {"n": 3, "positive": 1, "negative": 1}  # a missing ratio counts in neither
     assert seed_signs(rows, "math") is None and seed_signs(rows[:1], "safety") is None  # no rows / one seed
-    assert _seed_cell(seed_signs(rows, "safety")) == "3/3 +" and _seed_cell(seed_signs(rows, "code")) == "1+ 1−"
+    assert _seed_cell(seed_signs(rows, "safety")) == "3/3 +" and _seed_cell(seed_signs(rows, "code")) == "1+ 1− 1 n/a"
     assert _seed_cell(None) == "–"
+    assert _seed_cell({"n": 3, "positive": 1, "negative": 0}) == "1+ 0− 2 n/a"  # two seeds without the category
     rep = build_report(category_table=[{"name": "safety", "latent_shift": {"share_ratio": 1.2}}],
                        controls={"seeds": {"seeds": [0, 1, 2], "per_seed": rows}})
     assert rep["categories"][0]["seed_signs"] == {"n": 3, "positive": 3, "negative": 0}
+
+
+def test_composition_caveat():
+    from lm_diff.report import _composition_caveats
+
+    cats = [{"name": "code", "latent_shift": {"n_S": 30, "n_T": 100, "N_S": 200, "N_T": 250}},
+            {"name": "safety", "latent_shift": {"n_S": 40, "n_T": 20, "N_S": 200, "N_T": 250}},
+            {"name": "unassigned", "latent_shift": {"n_S": 80, "n_T": 100, "N_S": 200, "N_T": 250}}]
+    (cv,) = _composition_caveats(cats)
+    # code: 15 % of S, 40 % of T -> others' shares moved by (1 - 0.15) / (1 - 0.40) - 1 = +42 %
+    assert cv.startswith("code holds 15 % of the fine-tune-specific set S and 40 % of the comparison set T") and "+42 %" in cv
+    assert _composition_caveats(cats[1:]) == []  # 20 % / 8 %: nothing dominates
 
 
 def test_linked_q_is_bh_over_the_categories_whose_score_moved():

@@ -97,6 +97,12 @@ def bar_chart_ci(items: list[dict], title: str, unit: str = "", width: int = 900
             b.append(f'<line x1="{X(i["_lo"]):.1f}" y1="{yl:.1f}" x2="{X(i["_hi"]):.1f}" y2="{yl:.1f}" stroke="#212529" stroke-width="1.5"/>')
             for xv in (i["_lo"], i["_hi"]):
                 b.append(f'<line x1="{X(xv):.1f}" y1="{yl - 5:.1f}" x2="{X(xv):.1f}" y2="{yl + 5:.1f}" stroke="#212529" stroke-width="1.5"/>')
+        elif log_ratio and i["_lo"] is not None and math.isfinite(i["_lo"]) and i["_hi"] is None:
+            # unbounded above (a bootstrap resample without any comparison latent of the category): dashed to the edge
+            yl = y + row_h / 2
+            b.append(f'<line x1="{X(i["_lo"]):.1f}" y1="{yl:.1f}" x2="{x1:.1f}" y2="{yl:.1f}" stroke="#212529" stroke-width="1.5" stroke-dasharray="4 3">'
+                     f'<title>{esc(i["label"])}: CI unbounded above</title></line>')
+            b.append(f'<line x1="{X(i["_lo"]):.1f}" y1="{yl - 5:.1f}" x2="{X(i["_lo"]):.1f}" y2="{yl + 5:.1f}" stroke="#212529" stroke-width="1.5"/>')
         if i.get("note"):
             b.append(f'<text x="{x1 + 2}" y="{y + 16}" font-size="10" fill="{GREY}" text-anchor="end">{esc(i["note"])}</text>')
     if unit:

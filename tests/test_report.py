@@ -245,3 +245,12 @@ def test_linked_q_is_bh_over_the_categories_whose_score_moved():
     assert by["safety"]["agreement"] is True  # q_value 0.06 alone would not pass
     assert by["multilingual"]["agreement"] is None and by["code"]["agreement"] is None and by["math"]["agreement"] is None
     assert by["safety"]["latent_shift"]["q_value"] == 0.06
+
+
+def test_share_ratio_chart_draws_unbounded_ci_dashed():
+    from lm_diff.report_html import bar_chart_ci
+
+    svg = bar_chart_ci([{"label": "a", "value": 2.0, "lo": 0.3, "hi": None}, {"label": "b", "value": 0.5, "lo": -0.2, "hi": 1.0}],
+                       "t", log_ratio=True)
+    assert svg.count("stroke-dasharray") == 1 and "a: CI unbounded above" in svg
+    assert "stroke-dasharray" not in bar_chart_ci([{"label": "a", "value": 2.0, "lo": 0.3, "hi": None}], "t")  # not a ratio chart

@@ -118,6 +118,30 @@ def test_changed_config_recomputes_only_dependents(tiny_run):
     assert set(p.name for p in _stage_dirs(out, "train")) - trains, "the crosscoder should have been retrained"
 
 
+def test_two_seeds_pool_into_the_headline_shift(tiny_run, tiny_organisms):
+    """With two seeds the headline shift pools both (clusters of matched latents as the unit) and the first seed's
+    table stays beside it; q_linked exists exactly for the categories whose benchmark moved."""
+    import pandas as pd
+
+    from lm_diff.pipeline import run
+
+    out, _ = tiny_run
+    report = run(load_config("tiny", overrides={"controls.seeds": [0, 1], "controls.identity": False,
+                                                "controls.causal": False}), out)
+    stage = max(_stage_dirs(out, "diff"), key=lambda p: (p / "DONE.json").stat().st_mtime)
+    pooled, single = pd.read_parquet(stage / "shift.parquet"), pd.read_parquet(stage / "shift_main_seed.parquet")
+    assert pooled["N_S"].iloc[0] > single["N_S"].iloc[0] and pooled["N_T"].iloc[0] > single["N_T"].iloc[0]
+    assert pooled.attrs["seeds"] == 2 and 0 < pooled.attrs["clusters"] <= pooled["N_S"].iloc[0] + pooled["N_T"].iloc[0]
+    planted = json.loads((tiny_organisms / "organism.json").read_text())["planted"]
+    cats = {c["name"]: c for c in report["categories"]}
+    for name, c in cats.items():
+        ls = c["latent_shift"] or {}
+        if name != "unassigned":
+            assert ls["method"] == "pooled_seeds"
+        assert ("q_linked" in ls) == bool(planted.get(name)), (name, ls, c["score_gap"])
+    assert cats["multilingual"]["latent_shift"]["share_ratio"] > 0 and cats["code"]["latent_shift"]["share_ratio"] < 0
+
+
 def _eval_runs(out: Path) -> dict[str, Path]:
     runs = {}
     for p in _stage_dirs(out, "eval"):

@@ -377,7 +377,6 @@ def cluster_shift(
             bS = np.einsum("bk,bkc->bc", bu, L[idx])
             bT = np.einsum("bk,bkc->bc", bv, L[idx])
             boots[s:e] = (bS / bu.sum(1, keepdims=True)) / (bT / bv.sum(1, keepdims=True)) - 1.0
-    boots[np.isnan(boots)] = np.nan
     out["lo"], out["hi"] = _percentile(boots, confidence)
     obs = nS / N_S - nT / N_T
     w = u / N_S - v / N_T  # the share difference is Σ_k w_k π_kc

@@ -345,7 +345,7 @@ def _composition_caveats(categories: Sequence[Mapping], dominant: float = 0.25) 
         if c.get("name") == "unassigned" or None in (n_s, n_t, N_s, N_t) or not N_s or not N_t:
             continue
         a, b = n_s / N_s, n_t / N_t
-        if max(a, b) < dominant or min(a, b) >= 1:
+        if max(a, b) < dominant or max(a, b) >= 1:  # one category is the whole set: no other share to move
             continue
         factor = (1 - a) / (1 - b)
         if abs(math.log(factor)) < math.log(1.2):

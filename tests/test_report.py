@@ -222,6 +222,7 @@ def test_composition_caveat():
     # code: 15 % of S, 40 % of T -> others' shares moved by (1 - 0.15) / (1 - 0.40) - 1 = +42 %
     assert cv.startswith("code holds 15 % of the fine-tune-specific set S and 40 % of the comparison set T") and "+42 %" in cv
     assert _composition_caveats(cats[1:]) == []  # 20 % / 8 %: nothing dominates
+    assert _composition_caveats([{"name": "code", "latent_shift": {"n_S": 3, "n_T": 9, "N_S": 10, "N_T": 9}}]) == []  # T is all code
 
 
 def test_linked_q_is_bh_over_the_categories_whose_score_moved():

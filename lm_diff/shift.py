@@ -33,6 +33,14 @@ def _names(taxonomy: Any) -> list[str]:
     return [c if isinstance(c, str) else c.name for c in (taxonomy or [])]
 
 
+def _stats_params(stats_cfg: Any) -> tuple[float, int, int, float, int]:
+    """(confidence, bootstrap, permutations, min_count, seed) from a StatsConfig, its defaults where ``None``."""
+    from .config import StatsConfig
+
+    cfg = stats_cfg if stats_cfg is not None else StatsConfig()
+    return (float(cfg.confidence), int(cfg.bootstrap), int(cfg.permutations), float(cfg.min_count), int(cfg.seed))
+
+
 def label_matrix(labels: Any, categories: Sequence[str], where: str = "labels") -> np.ndarray:
     """Label weights π as a [latents, categories] float matrix (see the module docstring for accepted forms)."""
     cats = list(categories)
@@ -105,11 +113,7 @@ def category_shift(
     seeds, then latents); with ``permutation`` ``perm_p`` (label-permutation null, ``stats_cfg.permutations``).
     ``stats_cfg`` is a ``StatsConfig`` (confidence, bootstrap, permutations, min_count, seed).
     """
-    conf = float(getattr(stats_cfg, "confidence", 0.95))
-    n_boot = int(getattr(stats_cfg, "bootstrap", 2000))
-    n_perm = int(getattr(stats_cfg, "permutations", 2000))
-    min_count = float(getattr(stats_cfg, "min_count", 5))
-    seed = int(getattr(stats_cfg, "seed", 0))
+    conf, n_boot, n_perm, min_count, seed = _stats_params(stats_cfg)
     cats = _names(taxonomy)
     piS = label_matrix(S_labels, cats, "S labels")
     piT = label_matrix(T_labels, cats, "T labels")
@@ -202,11 +206,7 @@ def pooled_category_shift(
     across taxonomy categories. ``insufficient`` when fewer than ``min_count`` distinct clusters carry the category.
     Columns as :func:`category_shift` (pooled counts) plus ``p``, ``q``, ``clusters_S``, ``clusters_T``,
     ``clusters_c`` (clusters carrying the category) and, with ``masses``, pooled ``mass_share_S``/``_T``."""
-    conf = float(getattr(stats_cfg, "confidence", 0.95))
-    n_boot = int(getattr(stats_cfg, "bootstrap", 2000))
-    n_perm = int(getattr(stats_cfg, "permutations", 2000))
-    min_count = float(getattr(stats_cfg, "min_count", 5))
-    seed = int(getattr(stats_cfg, "seed", 0))
+    conf, n_boot, n_perm, min_count, seed = _stats_params(stats_cfg)
     cats = _names(taxonomy)
     names = cats + ([UNASSIGNED] if include_unassigned else [])
     if len(clusters) != len(per_seed):

@@ -251,7 +251,7 @@ def _diff_stage(cfg: RunConfig, pair: Any, out: Path, evals: dict[str, Path], ca
     pooled = cfg.stats.pool_seeds and len(seeds) > 1 and cfg.categories.method != "llm"
     if pooled:  # headline: pooled over seeds, clusters of matched latents as the unit (docs/architecture.md)
         shift.to_parquet(out / "shift_main_seed.parquet")
-        shift = _pooled_shift(cfg, diffs, seeds, taxonomy)
+        shift = _pooled_shift(cfg, diffs, seeds, taxonomy, per_seed)
         con.print(f"pooled category shift over {len(seeds)} seeds: N_S = {int(shift.attrs['N_S'])}, "
                   f"N_T = {int(shift.attrs['N_T'])} latents in {shift.attrs['clusters']} clusters")
     shift.to_parquet(out / "shift.parquet")
@@ -264,9 +264,8 @@ def _diff_stage(cfg: RunConfig, pair: Any, out: Path, evals: dict[str, Path], ca
 
     # Per-seed shifts and reproducibility.
     seed_rows = []
-    for seed in seeds:
-        Sx, sx, Tx, tx = _sets(cfg, diffs, seed)
-        sh = category_shift(Sx.labels(sx), Tx.labels(tx), taxonomy, cfg.stats)
+    for seed, (s_lab, t_lab) in zip(seeds, per_seed):
+        sh = category_shift(s_lab, t_lab, taxonomy, cfg.stats)
         for r in sh.to_dict("records"):
             seed_rows.append({"seed": seed, "category": r["category"], "share_ratio": r["share_ratio"],
                               "n_S": r["n_S"], "n_T": r["n_T"]})
@@ -313,9 +312,11 @@ def _diff_stage(cfg: RunConfig, pair: Any, out: Path, evals: dict[str, Path], ca
     return {"S": len(s_ids), "T": len(t_ids), "grounding_prompts": int(len(g_ids))}
 
 
-def _pooled_shift(cfg: RunConfig, diffs: dict[str, dict[int, CrosscoderDiff]], seeds: list[int], taxonomy: list) -> pd.DataFrame:
-    """The category shift pooled over seeds (``shift.pooled_category_shift``), clusters from Hungarian matching of each
-    crosscoder's seeds (T's ids are offset when T comes from another crosscoder, so S and T clusters stay apart)."""
+def _pooled_shift(cfg: RunConfig, diffs: dict[str, dict[int, CrosscoderDiff]], seeds: list[int], taxonomy: list,
+                  per_seed: list[tuple[list, list]]) -> pd.DataFrame:
+    """The category shift pooled over seeds (``shift.pooled_category_shift``) from each seed's (S, T) labels, clusters
+    from Hungarian matching of each crosscoder's seeds (T's ids are offset when T comes from another crosscoder, so S
+    and T clusters stay apart)."""
     from .controls import seed_clusters
     from .shift import pooled_category_shift
 
@@ -325,10 +326,9 @@ def _pooled_shift(cfg: RunConfig, diffs: dict[str, dict[int, CrosscoderDiff]], s
         ids = seed_clusters([by_seed[s].cc for s in seeds], cfg.stats.cluster_min_cos)
         cl[name] = {s: x + offset for s, x in zip(seeds, ids)}
         offset += int(max(int(x.max()) for x in ids)) + 1
-    per_seed, clusters, masses = [], [], []
+    clusters, masses = [], []
     for seed in seeds:
         Sx, sx, Tx, tx = _sets(cfg, diffs, seed)
-        per_seed.append((Sx.labels(sx), Tx.labels(tx)))
         clusters.append((cl[Sx.name][seed][sx], cl[Tx.name][seed][tx]))
         masses.append((_mass(Sx, sx, "B"), _mass(Tx, tx, "A" if Tx is Sx else "B")))
     return pooled_category_shift(per_seed, clusters, taxonomy, cfg.stats, masses=masses)

@@ -243,7 +243,7 @@ def test_check_rejects_unknown_type():
         checks.check({"check": {"type": "rhymes"}}, "x")
 
 
-def test_shipped_demo_organisms_are_current(tmp_path):
+def test_shipped_demo_organisms_are_current(tmp_path, monkeypatch):
     """The demo pair shipped in the package is what the current generator builds (same source hash, intact weights),
     and a build of that size copies it instead of training."""
     import importlib
@@ -258,9 +258,11 @@ def test_shipped_demo_organisms_are_current(tmp_path):
     assert set(manifest["models"]) == set(B.CORE)
     for name in B.CORE:
         assert io.hash_file(shipped / name / "model.safetensors", n=64) == manifest["weights_sha256"][name]
-    t0 = time.perf_counter()
+    def no_training(*_a, **_k):
+        raise AssertionError("the shipped demo organisms should be copied, not trained")
+
+    monkeypatch.setattr(B, "_build_into", no_training)
     out = B.build("demo", out=tmp_path / "demo", progress=False, models=B.CORE)
-    assert time.perf_counter() - t0 < 10  # copied, not trained (training takes minutes)
     for name in B.CORE:
         assert io.hash_file(out / name / "model.safetensors", n=64) == manifest["weights_sha256"][name]
     assert sorted(p.name for p in out.iterdir()) == sorted([*B.CORE, "organism.json"])

@@ -34,15 +34,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     a = ap.parse_args(argv)
 
-    from lm_diff.capture import capture
+    from lm_diff.capture.activations import capture
     from lm_diff.config import load_config
-    from lm_diff.crosscoder import CrossCoder
-    from lm_diff.diff import latent_table
+    from lm_diff.crosscoder.model import CrossCoder
+    from lm_diff.diff.table import latent_table
     from lm_diff.models import resolve_layers
-    from lm_diff.pipeline import capture_docs, load_models, model_pair
-    from lm_diff.scaling import latent_scaling
-    from lm_diff.store import ActivationStore
-    from lm_diff.train import train_crosscoder
+    from lm_diff.models import load_models, model_pair
+    from lm_diff.run.pipeline import capture_docs
+    from lm_diff.diff.scaling import latent_scaling
+    from lm_diff.capture.store import ActivationStore
+    from lm_diff.crosscoder.train import train_crosscoder
 
     layer_cfg = [int(a.layer)] if a.layer.isdigit() else [a.layer]
     cfg = load_config(a.size if a.size == "tiny" else "demo", overrides={"layers": layer_cfg})

@@ -1,7 +1,7 @@
 """Paired capture throughput vs two full HF forwards of the same models on the same token ids (one run).
 
 Random-init Gemma2, 6 layers, d = 512, FFN 2048, vocab 2048 (the tiny test tokenizer); capture at the middle layer
-(3, so layers 0..3 run and 4, 5 and the LM head are skipped). The capture side is the whole ``lm_diff.capture.capture``
+(3, so layers 0..3 run and 4, 5 and the LM head are skipped). The capture side is the whole ``lm_diff.capture.activations.capture``
 call (tokenisation, both forwards, BOS/padding drop, fp16 shards, stats, meta) into a fresh directory; the baseline is
 ``model(input_ids)`` under ``torch.no_grad()`` for both models on exactly the chunks capture feeds. Medians over
 repeats, alternating the variants; both capture backends (nnsight, hooks) are measured. Target: ratio >= 1.5.
@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM, Gemma2Config
 
     from helpers import make_tokenizer
-    from lm_diff.capture import capture, plan_chunks, tokenizer_prefix
+    from lm_diff.capture.activations import capture, plan_chunks, tokenizer_prefix
     from lm_diff.config import CaptureConfig
     from lm_diff.models import resolve_layers
 

@@ -2,7 +2,7 @@
 
 Pipeline per child: build a tokenizer and two random-init tiny Gemma2 models (4 layers, d = 128), capture N tokens at
 the middle layer into a fresh store, stream one full pass of ``iter_batches`` with the shuffle buffer, then (switch
-``INCLUDE_TRAINING`` / ``--no-train``) train a crosscoder with ``lm_diff.train.train_crosscoder`` for a fixed number of
+``INCLUDE_TRAINING`` / ``--no-train``) train a crosscoder with ``lm_diff.crosscoder.train.train_crosscoder`` for a fixed number of
 steps. Shard size and shuffle buffer are fixed settings smaller than N, so the ratio shows whether peak memory grows
 with corpus size (it should not: shards are committed and freed, the reader holds one shard plus the buffer).
 Target: peak_rss(10N) / peak_rss(N) <= 1.2.
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# >>> SWITCH: include crosscoder training (lm_diff.train.train_crosscoder) in the measured pipeline.
+# >>> SWITCH: include crosscoder training (lm_diff.crosscoder.train.train_crosscoder) in the measured pipeline.
 INCLUDE_TRAINING = True
 # <<<
 
@@ -34,9 +34,9 @@ def child(tokens: int, out: Path, train: bool, shard_tokens: int, shuffle_buffer
     import torch
 
     from helpers import make_tiny_model, make_tokenizer
-    from lm_diff.capture import capture
+    from lm_diff.capture.activations import capture
     from lm_diff.config import CaptureConfig, CrosscoderConfig
-    from lm_diff.store import ActivationStore
+    from lm_diff.capture.store import ActivationStore
 
     t0 = time.perf_counter()
     tok = make_tokenizer()
@@ -56,7 +56,7 @@ def child(tokens: int, out: Path, train: bool, shard_tokens: int, shuffle_buffer
     trained = False
     if train:
         try:
-            from lm_diff.train import train_crosscoder
+            from lm_diff.crosscoder.train import train_crosscoder
         except ImportError:
             train = False
         else:

@@ -1,7 +1,7 @@
-"""Overhead of lm_diff's lm-eval half (``lm_diff.evaluate.run_lm_eval``) over plain lm-eval in one process.
+"""Overhead of lm_diff's lm-eval half (``lm_diff.bench.evaluate.run_lm_eval``) over plain lm-eval in one process.
 
 Both sides evaluate the same tiny random Gemma2 on the same tasks with the same TaskManager setup
-(``lm_diff.suites.task_manager``: lm_diff's tasks, no built-in index); ``run_lm_eval`` additionally resolves
+(``lm_diff.bench.suites.task_manager``: lm_diff's tasks, no built-in index); ``run_lm_eval`` additionally resolves
 which task dirs are needed, logs samples and writes results.json + samples_*.jsonl atomically. Plain lm-eval is
 ``simple_evaluate(..., log_samples=True)`` with nothing written. One warm-up each, then alternating repeats; medians.
 
@@ -46,8 +46,8 @@ def main() -> int:
     from helpers import make_tiny_model, make_tokenizer
     from lm_eval.evaluator import simple_evaluate
 
-    from lm_diff import suites
-    from lm_diff.evaluate import run_lm_eval
+    from lm_diff.bench import suites
+    from lm_diff.bench.evaluate import run_lm_eval
 
     model = tmp / "model"
     make_tokenizer(model)
@@ -69,7 +69,7 @@ def main() -> int:
 
     def own_steps() -> float:
         """lm_diff's own work around simple_evaluate (task-dir resolution + atomic writes), timed directly."""
-        from lm_diff.evaluate import write_run
+        from lm_diff.bench.evaluate import write_run
 
         tm = suites.task_manager(include_defaults=suites.needs_defaults(tasks))
         res = simple_evaluate(model="hf", model_args={"pretrained": str(model), "dtype": "float32"}, tasks=tasks,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from lm_diff.crosscoder import CrossCoder, train_threads  # noqa: E402
+from lm_diff.crosscoder.model import CrossCoder, train_threads  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     opt = torch.optim.Adam(cc.parameters(), lr=1e-4, fused=True)
     flops = 5 * 2 * B * M * D * L
 
-    def step(i):   # one lm_diff.train step (no dead latents, so no aux loss)
+    def step(i):   # one lm_diff.crosscoder.train step (no dead latents, so no aux loss)
         x = xs[i % 4]
         with train_threads():
             out = cc.train_forward(x, k, keep_pre=False)

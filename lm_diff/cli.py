@@ -7,13 +7,16 @@ pipeline-stage module; this file only parses arguments and dispatches.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import UserError
+from lm_diff import organisms
+from lm_diff.bench import lm_eval_cli
+from lm_diff.errors import UserError
+from lm_diff.report import from_runs
+from lm_diff.run import pipeline
 
 
 def _console():
@@ -41,23 +44,9 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _load(args) -> Any:
-    from .config import load_config
+    from lm_diff.config import load_config
 
     return load_config(args.config, overrides=_parse_sets(getattr(args, "set", None)))
-
-
-def _stage(module: str, func: str) -> Callable:
-    """Import ``lm_diff.<module>.<func>``; a stage that is not built yet says so plainly."""
-    try:
-        mod = importlib.import_module(f"lm_diff.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"lm_diff.{module}":
-            raise UserError(f"the '{module}' stage is not built yet in this version of lm_diff") from None
-        raise
-    fn = getattr(mod, func, None)
-    if fn is None:
-        raise UserError(f"the '{module}.{func}' stage is not built yet in this version of lm_diff")
-    return fn
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -67,7 +56,7 @@ def _stage(module: str, func: str) -> Callable:
 def cmd_plugins(args) -> int:
     from rich.table import Table
 
-    from .plugins import list_plugins
+    from lm_diff.plugins.manager import list_plugins
 
     rows = list_plugins()
     if args.json:
@@ -92,7 +81,7 @@ def cmd_config(args) -> int:
     if args.explain:
         from rich.table import Table
 
-        from . import config as C
+        from lm_diff import config as C
 
         table = Table(title="configuration keys")
         table.add_column("key")
@@ -125,61 +114,61 @@ def cmd_config(args) -> int:
 
 def cmd_organisms(args) -> int:
     if args.action == "build":
-        build = _stage("organisms", "build")
+        build = organisms.build
         path = build(size=args.size, out=args.out, force=args.force)
         _console().print(f"[green]organisms[/green] ({args.size}) ready in {path}")
     elif args.action == "path":
-        organism_dir = _stage("organisms", "organism_dir")
+        organism_dir = organisms.organism_dir
         print(organism_dir(args.size))
     return 0
 
 
 def cmd_eval(args) -> int:
-    main = _stage("lm_eval_cli", "main")
+    main = lm_eval_cli.main
     return int(main(args.lm_eval_args) or 0)
 
 
 def cmd_capture(args) -> int:
-    fn = _stage("pipeline", "run_capture_stage")
+    fn = pipeline.run_capture_stage
     fn(_load(args), Path(args.out))
     return 0
 
 
 def cmd_train(args) -> int:
-    fn = _stage("pipeline", "run_train_stage")
+    fn = pipeline.run_train_stage
     fn(_load(args), Path(args.out))
     return 0
 
 
 def cmd_diff(args) -> int:
-    fn = _stage("pipeline", "run_diff_stage")
+    fn = pipeline.run_diff_stage
     fn(_load(args), Path(args.out))
     return 0
 
 
 def cmd_run(args) -> int:
-    fn = _stage("pipeline", "run")
+    fn = pipeline.run
     fn(_load(args), Path(args.out), force=args.force)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .config import load_config
+    from lm_diff.config import load_config
 
-    fn = _stage("pipeline", "run")
+    fn = pipeline.run
     cfg = load_config(args.config, overrides=_parse_sets(args.set))
     fn(cfg, Path(args.out), force=args.force)
     return 0
 
 
 def cmd_report(args) -> int:
-    fn = _stage("report_cli", "report_from_runs")
+    fn = from_runs.report_from_runs
     fn(base=args.base, finetuned=args.finetuned, diff=args.diff, out=Path(args.out), config=args.config)
     return 0
 
 
 def cmd_ci(args) -> int:
-    fn = _stage("report_cli", "ci")
+    fn = from_runs.ci
     return int(
         fn(
             base=args.base,

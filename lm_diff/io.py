@@ -72,7 +72,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def read_jsonl(path: str | os.PathLike, fix: str = "") -> list[dict]:
     """Rows of a JSON-lines file (blank lines skipped); a bad line raises one UserError naming file, line and ``fix``."""
-    from .errors import UserError
+    from lm_diff.errors import UserError
 
     rows = []
     with open(path, encoding="utf-8") as fh:

@@ -1,7 +1,7 @@
 """Loading model pairs and checking that they can be diffed.
 
 - ``load_model(spec, models_cfg) -> (model, tokenizer)`` asks the ``lm_diff_load_model`` hook (first plugin that answers
-  wins; the built-in one in ``lm_diff/default_plugins/models.py`` handles local directories, hub ids and
+  wins; the built-in one in ``lm_diff_load_model`` implementation at the end of this module handles local directories, hub ids and
   ``organisms://SIZE/NAME``).
 - ``check_pair(tokenizers, models)`` refuses pairs that cannot share a crosscoder: different tokenizers (vocabulary,
   special tokens, or encodings), different hidden sizes, or different layer counts. One ``UserError`` lists every
@@ -15,9 +15,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
-from .errors import UserError
+from lm_diff.config import RunConfig
+from lm_diff.errors import UserError
+from lm_diff.organisms import resolve_spec
+from lm_diff.plugins.hookspecs import hookimpl
 
 # Dotted attribute paths of the decoder-layer list, most common first.
 _LAYER_PATHS = (
@@ -143,10 +150,10 @@ def load_model(spec: str, models_cfg: Any = None):
 
     ``models_cfg`` is a ``ModelsConfig`` (or a ``RunConfig``; its ``.models`` is used); None = defaults.
     """
-    from .plugins import hook
+    from lm_diff.plugins.manager import hook
 
     if models_cfg is None:
-        from .config import ModelsConfig
+        from lm_diff.config import ModelsConfig
 
         models_cfg = ModelsConfig()
     models_cfg = getattr(models_cfg, "models", models_cfg)
@@ -239,3 +246,121 @@ def check_pair(*args: Any, names: Sequence[str] | None = None) -> None:
             "residual streams of the same shape: compare a fine-tune with the base model it was trained from (same "
             "tokenizer files, same architecture size), or use design: anchored with an anchor of the same family."
         )
+
+
+# The models of a run
+
+
+def model_fingerprint(spec: str, path: Optional[Path]) -> dict:
+    """Identify a model by its spec and, for local directories, the content of its small files + weight sizes."""
+    fp: dict[str, Any] = {"spec": spec}
+    if path is None or not Path(path).is_dir():
+        return fp
+    h = hashlib.sha256()
+    for f in sorted(Path(path).iterdir()):
+        if not f.is_file():
+            continue
+        h.update(f.name.encode())
+        size = f.stat().st_size
+        h.update(str(size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read())
+    fp["content"] = h.hexdigest()[:16]
+    return fp
+
+
+def resolve_model_path(spec: str) -> Optional[Path]:
+    """Local directory for a model spec (building organisms on demand); None for hub ids."""
+    if spec.startswith("organisms://"):
+        return Path(resolve_spec(spec))
+    p = Path(spec).expanduser()
+    return p.resolve() if p.exists() else None
+
+
+@dataclasses.dataclass
+class Pair:
+    """The models of a run in store order: direct [A, B]; anchored [P, A, B]."""
+
+    specs: list[str]
+    names: list[str]
+    paths: list[Optional[Path]]
+    fingerprints: list[dict]
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+
+def model_pair(cfg: RunConfig) -> Pair:
+    m = cfg.models
+    if cfg.design == "anchored":
+        specs, names = [m.anchor, m.base, m.finetuned], ["P", "A", "B"]
+    else:
+        specs, names = [m.base, m.finetuned], ["A", "B"]
+    paths = [resolve_model_path(s) for s in specs]
+    return Pair(specs, names, paths, [model_fingerprint(s, p) for s, p in zip(specs, paths)])
+
+
+def crosscoder_pairs(cfg: RunConfig, pair: Pair) -> dict[str, tuple[int, int]]:
+    """Named crosscoders: direct {"AB": (0, 1)}; anchored {"PA": (0, 1), "PB": (0, 2)}."""
+    i = pair.index
+    if cfg.design == "anchored":
+        return {"PA": (i["P"], i["A"]), "PB": (i["P"], i["B"])}
+    return {"AB": (i["A"], i["B"])}
+
+
+def load_models(cfg: RunConfig, pair: Pair) -> tuple[list, Any]:
+    loaded = [load_model(str(p or s), cfg.models) for s, p in zip(pair.specs, pair.paths)]
+    models = [m for m, _ in loaded]
+    toks = [t for _, t in loaded]
+    check_pair(toks, models, names=[f"{n} ({s})" for n, s in zip(pair.names, pair.specs)])
+    return models, toks[0]
+
+
+# Built-in loader (hook ``lm_diff_load_model``)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+@hookimpl(trylast=True)
+def lm_diff_load_model(spec, config):
+    """Load ``spec`` as (AutoModelForCausalLM, AutoTokenizer); third-party loaders registered earlier win."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = getattr(config, "models", config)
+    dtype = _dtype(getattr(cfg, "dtype", "float32"))
+    device = getattr(cfg, "device", "cpu")
+    trust = bool(getattr(cfg, "trust_remote_code", False))
+    revision = None
+    spec = str(spec)
+    if spec.startswith("organisms://"):
+        path = Path(resolve_spec(spec))
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            if spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
+                raise UserError(f"model {spec!r}: no such directory; pass an existing local model directory, a hub id "
+                                f"(org/name) or organisms://SIZE/NAME")
+            path = None
+            revision = getattr(cfg, "revision", None)
+    source = str(path) if path is not None else spec
+    kwargs = {"revision": revision, "trust_remote_code": trust} if path is None else {"trust_remote_code": trust}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if path is not None else "hub id (is it cached? HF_HUB_OFFLINE may be set)"
+        hint = "; set models.trust_remote_code: true only if you trust this repo" if "trust_remote_code" in str(exc) else ""
+        raise UserError(f"cannot load model {spec!r} from {where}: {str(exc).splitlines()[0]}{hint}") from None
+    model.to(device)
+    model.eval()
+    return model, tokenizer

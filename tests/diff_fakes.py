@@ -28,7 +28,7 @@ class FakeStore:
 
 def make_cc(W_enc_MDL, W_dec_LMD, b_enc_L=None):
     """A real L1 CrossCoder (plain ReLU encoder, no normalisation) with the given weights."""
-    from lm_diff.crosscoder import CrossCoder
+    from lm_diff.crosscoder.model import CrossCoder
 
     W_enc = torch.as_tensor(np.asarray(W_enc_MDL), dtype=torch.float32)
     W_dec = torch.as_tensor(np.asarray(W_dec_LMD), dtype=torch.float32)

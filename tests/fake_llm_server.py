@@ -1,6 +1,6 @@
 """A tiny deterministic OpenAI-compatible chat-completions server for tests (127.0.0.1 only, random free port).
 
-Answers are derived from the prompts ``lm_diff.annotate`` builds:
+Answers are derived from the prompts ``lm_diff.categorize.annotate`` builds:
 
 - **explain** (system prompt lists ``Categories:``): the explanation names the most frequent ``<<marked>>`` token,
   ``Activates on the word "X".``; the category is the listed category whose keywords (``KEYWORDS``) occur most often in

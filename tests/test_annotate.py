@@ -1,4 +1,4 @@
-"""LLM annotator (lm_diff.annotate): end to end against a local fake OpenAI-compatible server, parsing, F1 filter,
+"""LLM annotator (lm_diff.categorize.annotate): end to end against a local fake OpenAI-compatible server, parsing, F1 filter,
 cache, error messages, Cohen's kappa."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import socket
 import pandas as pd
 import pytest
 
-from lm_diff.annotate import (
+from lm_diff.categorize.annotate import (
     annotate_latents,
     cohen_kappa,
     compare_with_grounded,
@@ -24,7 +24,7 @@ from lm_diff.annotate import (
 )
 from lm_diff.config import AnnotatorConfig, packaged_configs_dir
 from lm_diff.errors import UserError
-from lm_diff.taxonomy import load_taxonomy_file
+from lm_diff.categorize.taxonomy import load_taxonomy_file
 
 try:  # tests/ may or may not be a package
     from .fake_llm_server import FakeLLMServer
@@ -311,8 +311,8 @@ def test_config_checks():
 def test_plugin_registers_llm_annotator():
     import pluggy
 
-    from lm_diff import hookspecs
-    from lm_diff.default_plugins import annotators
+    from lm_diff.plugins import hookspecs
+    from lm_diff.categorize import annotate as annotators
 
     pm = pluggy.PluginManager("lm_diff")
     pm.add_hookspecs(hookspecs)
@@ -327,7 +327,7 @@ def test_local_hf_backend(tmp_path):
         from .helpers import make_tiny_model, make_tokenizer
     except ImportError:
         from helpers import make_tiny_model, make_tokenizer
-    from lm_diff.annotate import HFChat
+    from lm_diff.categorize.annotate import HFChat
 
     tok = make_tokenizer(tmp_path / "m")
     make_tiny_model("llama", layers=1, hidden=32, vocab_size=len(tok), out=tmp_path / "m")

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as st
 
 from diff_fakes import planted
-from lm_diff import categorize as C
+from lm_diff.categorize import grounding as C
 from lm_diff.errors import UserError
 
 TAX = ["safety", "code", "math"]
@@ -98,8 +98,8 @@ def test_prompt_max_acts_list_and_store():
 
 def test_grounding_plugin(tmp_path):
     from lm_diff.config import from_dict
-    from lm_diff.default_plugins.grounding import lm_diff_grounding_prompts
-    from lm_diff.taxonomy import Category
+    from lm_diff.categorize.prompts import lm_diff_grounding_prompts
+    from lm_diff.categorize.taxonomy import Category
 
     tax = [Category("safety", "s"), Category("code", "c")]
     p = tmp_path / "g.jsonl"

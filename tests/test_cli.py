@@ -35,8 +35,8 @@ def test_plugins_lists_builtin_hooks(capsys):
     assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     names = {r["name"] for r in rows}
-    assert "lm_diff.default_plugins.taxonomy" in names
-    taxonomy = next(r for r in rows if r["name"] == "lm_diff.default_plugins.taxonomy")
+    assert "lm_diff.categorize.taxonomy" in names
+    taxonomy = next(r for r in rows if r["name"] == "lm_diff.categorize.taxonomy")
     assert taxonomy["builtin"] and "lm_diff_taxonomy" in taxonomy["hooks"]
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lm_diff import controls
+from lm_diff.diff import controls
 from lm_diff.config import ControlsConfig
 
 
@@ -56,7 +56,7 @@ def test_identity_summary():
 
 
 def test_random_init_null():
-    from lm_diff.crosscoder import CrossCoder
+    from lm_diff.crosscoder.model import CrossCoder
 
     out = controls.random_init_null(lambda s: CrossCoder(8, 2, 32, k=2, seed=s), seeds=[0, 1])
     assert len(out["table"]) == 64 and out["tag_counts"]["shared"] == 32

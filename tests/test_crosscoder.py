@@ -9,7 +9,7 @@ import torch
 
 from helpers import InMemoryPairSource, planted_pair_data
 from lm_diff.config import CrosscoderConfig
-from lm_diff.crosscoder import CrossCoder, _sample_stride, batch_topk_threshold, topn_select
+from lm_diff.crosscoder.model import CrossCoder, _sample_stride, batch_topk_threshold, topn_select
 from lm_diff.errors import UserError
 
 
@@ -177,7 +177,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def _planted_check(arch: str, dict_size: int, steps: int, **kw):
-    from lm_diff.train import train_crosscoder
+    from lm_diff.crosscoder.train import train_crosscoder
 
     acts, truth = planted_pair_data(n_tokens=16384, seed=0)
     cfg = CrosscoderConfig(architecture=arch, dict_size=dict_size, k=3, lr=3e-3, batch_size=512, steps=steps,

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from diff_fakes import planted
-from lm_diff import diff
+from lm_diff.diff import table as diff
 from lm_diff.config import DiffConfig
 
 
@@ -49,7 +49,7 @@ def test_latent_table_planted(tmp_path):
 
 
 def test_decoder_stats_random_crosscoder():
-    from lm_diff.crosscoder import CrossCoder
+    from lm_diff.crosscoder.model import CrossCoder
 
     cc = CrossCoder(16, 2, 64, k=4)
     t = diff.decoder_stats(cc)
@@ -59,7 +59,7 @@ def test_decoder_stats_random_crosscoder():
 
 
 def test_examples_top_quantile_random_and_export(tmp_path):
-    from lm_diff import examples as E
+    from lm_diff.diff import examples as E
     from diff_fakes import planted
 
     cc, store, a = planted(n=1000)

@@ -1,4 +1,4 @@
-"""lm_diff.evaluate: run_lm_eval writes what `lm_eval --output_path --log_samples` writes; find_run_files reads both."""
+"""lm_diff.bench.evaluate: run_lm_eval writes what `lm_eval --output_path --log_samples` writes; find_run_files reads both."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 
 from helpers import make_tiny_model, make_tokenizer  # noqa: E402
 
-from lm_diff import suites  # noqa: E402
+from lm_diff.bench import suites  # noqa: E402
 from lm_diff.errors import UserError  # noqa: E402
-from lm_diff.evaluate import find_run_files, run_lm_eval, write_run  # noqa: E402
+from lm_diff.bench.evaluate import find_run_files, run_lm_eval, write_run  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lm_eval_runs"
 
 GEN_TASK = """\
 task: tiny_gen_echo
 output_type: generate_until
-custom_dataset: !function lm_diff.suites.load_split
+custom_dataset: !function lm_diff.bench.suites.load_split
 dataset_kwargs:
   data_file: {data}
 test_split: test
@@ -150,7 +150,7 @@ def test_find_run_files_on_committed_lm_eval_fixture():
 
 
 def test_write_run_is_atomic(tmp_path, monkeypatch):
-    import lm_diff.evaluate as ev
+    import lm_diff.bench.evaluate as ev
 
     def boom(rows):
         raise RuntimeError("disk full")

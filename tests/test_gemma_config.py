@@ -24,7 +24,7 @@ def test_gemma_config_is_the_seed_setup():
 
 
 def test_gemma_hub_corpus_offline_is_one_clear_error():
-    from lm_diff.corpus import read_source
+    from lm_diff.capture.corpus import read_source
 
     cfg = load_config("gemma")
     with pytest.raises(UserError, match="could not open dataset 'HuggingFaceFW/fineweb'"):
@@ -34,7 +34,7 @@ def test_gemma_hub_corpus_offline_is_one_clear_error():
 def test_gemma_anchored_dry_run_on_random_init_gemma2(tmp_path):
     """The anchored pipeline (P, A, B) end to end on three random-init Gemma2 models with the gemma.yaml settings
     scaled down: the same code path a real run takes, minus the hub."""
-    from lm_diff.pipeline import run
+    from lm_diff.run.pipeline import run
 
     tok = make_tokenizer(tmp_path / "tok")
     paths = {}
@@ -56,7 +56,7 @@ def test_gemma_anchored_dry_run_on_random_init_gemma2(tmp_path):
         "stats.bootstrap": 50, "stats.permutations": 50, "controls.seeds": [0], "controls.causal": False,
     })
     report = run(cfg, tmp_path / "run")
-    assert report["schema"] == "lm_diff.report/v1"
+    assert report["schema"] == "lm_diff.report.build/v1"
     stage = next((tmp_path / "run" / "stages").glob("diff-*"))
     quality = json.loads((stage / "quality.json").read_text())
     assert set(quality["crosscoders"]) == {"PA", "PB"}

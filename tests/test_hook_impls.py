@@ -9,9 +9,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lm_diff import plugins
-from lm_diff.hookspecs import hookimpl
-from lm_diff.taxonomy import Category
+from lm_diff.plugins import manager as plugins
+from lm_diff.plugins.hookspecs import hookimpl
+from lm_diff.categorize.taxonomy import Category
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def register():
 
 
 def test_hook_lm_diff_taxonomy(register):
-    from lm_diff.taxonomy import get_taxonomy
+    from lm_diff.categorize.taxonomy import get_taxonomy
 
     class P:
         @hookimpl
@@ -47,7 +47,7 @@ def test_hook_lm_diff_taxonomy(register):
 
 
 def test_hook_lm_diff_grounding_prompts(register):
-    from lm_diff.categorize import grounding_prompts
+    from lm_diff.categorize.grounding import grounding_prompts
 
     class P:
         @hookimpl
@@ -60,7 +60,7 @@ def test_hook_lm_diff_grounding_prompts(register):
 
 
 def test_hook_lm_diff_annotators(register):
-    from lm_diff.plugins import hook
+    from lm_diff.plugins.manager import hook
 
     def annotate(latents, examples, taxonomy, config, **_):
         return pd.DataFrame({"latent": latents["latent"], "category": "none", "kept": False})
@@ -96,7 +96,7 @@ def test_hook_lm_diff_load_model(register):
 
 
 def test_hook_lm_diff_latent_metrics(register):
-    from lm_diff.analysis import apply_latent_metric_plugins
+    from lm_diff.run.analysis import apply_latent_metric_plugins
     from lm_diff.errors import UserError
 
     class P:
@@ -120,7 +120,7 @@ def test_hook_lm_diff_latent_metrics(register):
 
 
 def test_hook_lm_diff_report_writers(register, tmp_path):
-    from lm_diff.report import build_report, write_report
+    from lm_diff.report.build import build_report, write_report
 
     class P:
         @hookimpl
@@ -134,12 +134,12 @@ def test_hook_lm_diff_report_writers(register, tmp_path):
 
     register(P(), "t-writers")
     paths = write_report(build_report(), tmp_path, ["txt", "json"])
-    assert paths["txt"].read_text() == "lm_diff.report/v1"
+    assert paths["txt"].read_text() == "lm_diff.report.build/v1"
     assert (tmp_path / "report.json").exists()
 
 
 def test_hook_lm_diff_report_sections(register):
-    from lm_diff.report import build_report, to_markdown
+    from lm_diff.report.build import build_report, to_markdown
 
     class P:
         @hookimpl
@@ -153,7 +153,7 @@ def test_hook_lm_diff_report_sections(register):
 
 
 def test_hook_lm_diff_task_categories(register):
-    from lm_diff.suites import plugin_task_categories
+    from lm_diff.bench.suites import plugin_task_categories
 
     class P:
         @hookimpl(tryfirst=True)

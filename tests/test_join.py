@@ -12,7 +12,7 @@ import pytest
 
 from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
-from lm_diff.join import join_runs, load_run, paired_bootstrap_delta, score_gaps, sign_flip_pvalue
+from lm_diff.bench.join import join_runs, load_run, paired_bootstrap_delta, score_gaps, sign_flip_pvalue
 
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lm_diff.config import StatsConfig
-from lm_diff.link import (
+from lm_diff.link.association import (
     ablate_latents_hook,
     association,
     category_activation,
@@ -142,7 +142,7 @@ class _LM(torch.nn.Module):
 
 @pytest.mark.parametrize("tuple_out", [False, True])
 def test_ablate_latents_hook_subtracts_decoder_contribution(tuple_out):
-    from lm_diff.crosscoder import CrossCoder
+    from lm_diff.crosscoder.model import CrossCoder
 
     d = 8
     A, B = _LM(d, tuple_out=tuple_out, seed=1), _LM(d, tuple_out=tuple_out, seed=2)

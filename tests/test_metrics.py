@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from helpers import InMemoryPairSource, make_tiny_model, planted_pair_data
-from lm_diff import metrics as mt
-from lm_diff.crosscoder import CrossCoder
+from lm_diff.diff import metrics as mt
+from lm_diff.crosscoder.model import CrossCoder
 
 
 def test_pure_metrics_hand_computed():
@@ -115,7 +115,7 @@ def test_spliced_metrics_identity_and_noise(kind):
     assert noisy["kl"] > 1e-4
     # single model + precomputed paired activations gives the same numbers
     cap = []
-    h = mt._run(model, ids, mask, 0, capture=cap)
+    mt._run(model, ids, mask, 0, capture=cap)
     acts = torch.stack([cap[0], cap[0]], dim=2)
     same = mt.spliced_metrics(_IdentityCC(2, noise=1.0), model, ids, 0, 1, attention_mask=mask, acts_BTMD=acts)
     assert same["kl"] == pytest.approx(noisy["kl"], rel=1e-6)

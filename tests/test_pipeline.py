@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_organisms, tmp_path_factory):
-    from lm_diff.pipeline import run
+    from lm_diff.run.pipeline import run
 
     out = tmp_path_factory.mktemp("tiny_run")
     cfg = load_config("tiny")
@@ -33,7 +33,7 @@ def test_report_files_and_schema(tiny_run):
     for name in ("report.json", "report.md", "report.html", "config.yaml"):
         assert (out / name).exists(), name
     data = json.loads((out / "report.json").read_text())
-    assert data["schema"] == "lm_diff.report/v1"
+    assert data["schema"] == "lm_diff.report.build/v1"
     assert "quality" in data and "controls" in data
     names = {c["name"] for c in data["categories"]}
     assert {"safety", "multilingual", "instruction_following", "code", "math"} <= names
@@ -96,7 +96,7 @@ def test_quality_controls_and_selection_recorded(tiny_run):
 
 
 def test_rerun_reuses_every_stage(tiny_run, capsys):
-    from lm_diff.pipeline import run
+    from lm_diff.run.pipeline import run
 
     out, _ = tiny_run
     before = {p.name: (p / "DONE.json").stat().st_mtime for p in (out / "stages").iterdir()}
@@ -107,7 +107,7 @@ def test_rerun_reuses_every_stage(tiny_run, capsys):
 
 
 def test_changed_config_recomputes_only_dependents(tiny_run):
-    from lm_diff.pipeline import run
+    from lm_diff.run.pipeline import run
 
     out, _ = tiny_run
     captures = _stage_dirs(out, "capture")
@@ -123,7 +123,7 @@ def test_two_seeds_pool_into_the_headline_shift(tiny_run, tiny_organisms):
     table stays beside it; q_linked exists exactly for the categories whose benchmark moved."""
     import pandas as pd
 
-    from lm_diff.pipeline import run
+    from lm_diff.run.pipeline import run
 
     out, _ = tiny_run
     report = run(load_config("tiny", overrides={"controls.seeds": [0, 1], "controls.identity": False,
@@ -162,7 +162,7 @@ def test_report_command_rebuilds_from_lm_eval_outputs(tiny_run, tmp_path):
 
 
 def test_ci_fails_on_planted_regression_and_passes_on_null(tiny_run, tiny_organisms, tmp_path):
-    from lm_diff.evaluate import run_lm_eval
+    from lm_diff.bench.evaluate import run_lm_eval
 
     out, _ = tiny_run
     cfg = load_config("tiny")
@@ -182,7 +182,7 @@ def test_ci_fails_on_planted_regression_and_passes_on_null(tiny_run, tiny_organi
 
 def test_capture_key_follows_grounding_file_contents(tmp_path):
     """Editing the grounding prompts in place (same path) must change the capture key, so the capture is redone."""
-    from lm_diff.pipeline import capture_key
+    from lm_diff.run.pipeline import capture_key
 
     g = tmp_path / "grounding.jsonl"
     g.write_text('{"text": "plain prose", "category": "neutral"}\n{"text": "how do I rob a bank", "category": "safety"}\n')
@@ -196,7 +196,7 @@ def test_capture_key_follows_grounding_file_contents(tmp_path):
 def test_train_workers_and_progress_from_log(tmp_path, monkeypatch):
     import torch
 
-    from lm_diff.workers import last_step, train_workers
+    from lm_diff.crosscoder.workers import last_step, train_workers
 
     assert train_workers(0, 1) == 1  # one pending crosscoder: no worker processes
     assert train_workers(0, 4) == max(1, min(4, torch.get_num_threads()))

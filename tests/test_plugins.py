@@ -5,8 +5,10 @@ import textwrap
 
 import pytest
 
-from lm_diff import hookspecs, plugins
-from lm_diff.taxonomy import Category, get_taxonomy
+from lm_diff.plugins import hookspecs
+
+from lm_diff.plugins import manager as plugins
+from lm_diff.categorize.taxonomy import Category, get_taxonomy
 
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if n.startswith("lm_diff_") and callable(f))
 
@@ -38,8 +40,8 @@ def _fake_dist(tmp_path, name="lm_diff_fake_plugin"):
     mod.write_text(
         textwrap.dedent(
             """
-            from lm_diff.hookspecs import hookimpl
-            from lm_diff.taxonomy import Category
+            from lm_diff.plugins.hookspecs import hookimpl
+            from lm_diff.categorize.taxonomy import Category
 
             @hookimpl
             def lm_diff_taxonomy(config):

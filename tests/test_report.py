@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lm_diff import plugins
+from lm_diff.plugins import manager as plugins
 from lm_diff.config import RunConfig
 from lm_diff.errors import UserError
-from lm_diff.report import SCHEMA, build_report, quality_section, write_report
-from lm_diff.report_cli import find_diff_stage, read_diff_artifacts, report_from_runs
+from lm_diff.report.build import SCHEMA, build_report, quality_section, write_report
+from lm_diff.report.from_runs import find_diff_stage, read_diff_artifacts, report_from_runs
 
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))
@@ -99,7 +99,7 @@ def test_quality_gates_fail_low_confidence():
 
 
 def test_organism_planted_and_recovered(diff_run):
-    from lm_diff.report_cli import build_from_runs
+    from lm_diff.report.from_runs import build_from_runs
 
     (diff_run / "organism.json").write_text(json.dumps({"name": "demo", "planted": {"code": "-"}}))
     try:
@@ -171,7 +171,7 @@ def test_terminal_summary(full):
 
     from rich.console import Console
 
-    from lm_diff.report import print_summary
+    from lm_diff.report.build import print_summary
 
     buf = StringIO()
     print_summary(full[0], Console(file=buf, width=160))
@@ -196,7 +196,7 @@ def test_html_renders_headless(full, tmp_path):
 
 
 def test_seed_signs_counts_and_cell():
-    from lm_diff.report import _seed_cell, seed_signs
+    from lm_diff.report.build import _seed_cell, seed_signs
 
     rows = [{"seed": 0, "category": "safety", "share_ratio": 1.2}, {"seed": 1, "category": "safety", "share_ratio": float("inf")},
             {"seed": 2, "category": "safety", "share_ratio": 0.4}, {"seed": 0, "category": "code", "share_ratio": -0.6},
@@ -213,7 +213,7 @@ def test_seed_signs_counts_and_cell():
 
 
 def test_composition_caveat():
-    from lm_diff.report import _composition_caveats
+    from lm_diff.report.build import _composition_caveats
 
     cats = [{"name": "code", "latent_shift": {"n_S": 30, "n_T": 100, "N_S": 200, "N_T": 250}},
             {"name": "safety", "latent_shift": {"n_S": 40, "n_T": 20, "N_S": 200, "N_T": 250}},
@@ -249,7 +249,7 @@ def test_linked_q_is_bh_over_the_categories_whose_score_moved():
 
 
 def test_share_ratio_chart_draws_unbounded_ci_dashed():
-    from lm_diff.report_html import bar_chart_ci
+    from lm_diff.report.html import bar_chart_ci
 
     svg = bar_chart_ci([{"label": "a", "value": 2.0, "lo": 0.3, "hi": None}, {"label": "b", "value": 0.5, "lo": -0.2, "hi": 1.0}],
                        "t", log_ratio=True)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from diff_fakes import planted
-from lm_diff import diff, scaling
+from lm_diff.diff import table as diff
+from lm_diff.diff import scaling
 from lm_diff.config import DiffConfig
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
-from lm_diff.shift import category_shift, label_matrix
+from lm_diff.categorize.shift import category_shift, label_matrix
 from lm_diff.stats import fisher_exact, katz_share_ratio_ci
 
 TAX = ["instruction_following", "safety", "hallucination"]
@@ -84,7 +84,7 @@ def _cluster_data(rng, K, n_seeds, p_S, rates_S, rates_T, found=1.0):
 
 
 def test_pooled_matches_single_seed_with_singletons():
-    from lm_diff.shift import pooled_category_shift
+    from lm_diff.categorize.shift import pooled_category_shift
 
     S = _labels({"safety": 12, "instruction_following": 3}, 40)
     T = _labels({"safety": 4, "hallucination": 6}, 50)
@@ -102,7 +102,7 @@ def test_pooled_matches_single_seed_with_singletons():
 
 def test_pooled_identical_seeds_add_no_evidence():
     """Three seeds that find the same latents: counts triple, but the p-value and CI are those of one seed."""
-    from lm_diff.shift import pooled_category_shift
+    from lm_diff.categorize.shift import pooled_category_shift
 
     S = _labels({"safety": 9, "hallucination": 2}, 40)
     T = _labels({"safety": 5, "hallucination": 6}, 50)
@@ -120,7 +120,7 @@ def test_pooled_identical_seeds_add_no_evidence():
 def test_pooled_cluster_test_is_calibrated_under_the_null():
     """No shift, three seeds that each find 70 % of the same features: the cluster test rejects at about the nominal
     rate, the latent-level Fisher test on pooled counts far more often."""
-    from lm_diff.shift import pooled_category_shift
+    from lm_diff.categorize.shift import pooled_category_shift
 
     rng = np.random.default_rng(0)
     rates = {"safety": 0.15, "instruction_following": 0.1, "hallucination": 0.1}
@@ -138,7 +138,7 @@ def test_pooled_cluster_test_is_calibrated_under_the_null():
 
 
 def test_pooled_cluster_test_finds_a_planted_shift():
-    from lm_diff.shift import pooled_category_shift
+    from lm_diff.categorize.shift import pooled_category_shift
 
     rng = np.random.default_rng(1)
     cfg = StatsConfig(bootstrap=300, permutations=1000)

@@ -1,4 +1,4 @@
-"""lm_diff.suites, the diff_demo / diff_gemma task YAML, lm_eval_cli and the task-category plugin (all offline, fast)."""
+"""lm_diff.bench.suites, the diff_demo / diff_gemma task YAML, lm_eval_cli and the task-category plugin (all offline, fast)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(_k, _v)
 
-from lm_diff import suites  # noqa: E402
+from lm_diff.bench import suites  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_INDEX = REPO / "lm_diff" / "data" / "diff_demo" / "index.json"
@@ -45,7 +45,7 @@ def _lm_eval_tasks() -> Path:
 
 
 def _taxonomy_names() -> set[str]:
-    from lm_diff.taxonomy import get_taxonomy
+    from lm_diff.categorize.taxonomy import get_taxonomy
 
     return {c.name for c in get_taxonomy()}
 
@@ -133,10 +133,10 @@ def test_task_categories_precedence_tags_and_inline_groups(tmp_path, monkeypatch
 
 
 def test_builtin_task_category_plugin_is_registered():
-    from lm_diff.plugins import list_plugins
+    from lm_diff.plugins.manager import list_plugins
 
     names = {p["name"]: p["hooks"] for p in list_plugins()}
-    assert "lm_diff_task_categories" in names["lm_diff.default_plugins.task_categories"]
+    assert "lm_diff_task_categories" in names["lm_diff.bench.categories"]
     mapping = suites.plugin_task_categories()
     assert set(mapping.values()) <= _taxonomy_names()
     assert suites.lookup_category("belebele_deu_Latn", mapping) == "multilingual"
@@ -148,7 +148,7 @@ def test_builtin_task_category_plugin_is_registered():
 
 @needs_demo_data
 def test_committed_diff_demo_yaml_matches_index():
-    assert suites.write_demo_yamls(check=True) == [], "run: python -m lm_diff.suites write-yamls"
+    assert suites.write_demo_yamls(check=True) == [], "run: python -m lm_diff.bench.suites write-yamls"
 
 
 @needs_demo_data
@@ -236,7 +236,7 @@ def test_diff_gemma_names_exist_in_full_lm_eval_index():
 
 
 def test_build_argv_injects_include_path():
-    from lm_diff.lm_eval_cli import build_argv
+    from lm_diff.bench.lm_eval_cli import build_argv
 
     assert build_argv(["--model", "hf", "--tasks", "x"], "/T") == ["run", "--model", "hf", "--tasks", "x",
                                                                   "--include_path", "/T"]
@@ -250,7 +250,7 @@ def test_eval_cli_combines_user_include_path(tmp_path, monkeypatch, capsys):
     """`lm-diff eval validate` finds lm_diff's tasks and the user's own (lm-eval's flag takes only one directory)."""
     from lm_eval.tasks import TaskManager
 
-    from lm_diff import lm_eval_cli
+    from lm_diff.bench import lm_eval_cli
 
     _write(tmp_path / "mine" / "t.yaml", "task: my_own_task\noutput_type: multiple_choice\ndataset_path: json\n")
     original = TaskManager.__init__
@@ -277,11 +277,11 @@ def test_eval_cli_combines_user_include_path(tmp_path, monkeypatch, capsys):
 def test_hf_diff_model_is_registered():
     from lm_eval.api.registry import get_model
 
-    from lm_diff.lm_eval_plugin import DiffHFLM
+    from lm_diff.bench.lm_eval_plugin import DiffHFLM
 
     assert get_model("hf-diff") is DiffHFLM
     import importlib
 
-    import lm_diff.lm_eval_plugin as plugin
+    import lm_diff.bench.lm_eval_plugin as plugin
 
     importlib.reload(plugin)  # re-registration is harmless

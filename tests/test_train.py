@@ -14,8 +14,8 @@ import torch
 
 from helpers import InMemoryPairSource, planted_pair_data
 from lm_diff.config import CrosscoderConfig
-from lm_diff.crosscoder import CrossCoder
-from lm_diff.train import k_at, lr_at, train_crosscoder
+from lm_diff.crosscoder.model import CrossCoder
+from lm_diff.crosscoder.train import k_at, lr_at, train_crosscoder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,7 @@ sys.path[:0] = [{tests!r}, {repo!r}]
 from safetensors.torch import load_file
 from helpers import InMemoryPairSource
 from lm_diff.config import CrosscoderConfig
-from lm_diff.train import train_crosscoder
+from lm_diff.crosscoder.train import train_crosscoder
 acts = load_file({data!r})["acts"]
 cfg = CrosscoderConfig(**{cfg!r})
 train_crosscoder(InMemoryPairSource(acts), cfg, {out!r}, progress=False)

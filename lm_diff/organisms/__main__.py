@@ -1,6 +1,6 @@
 """``python -m lm_diff.organisms``: regenerate the shipped diff_demo benchmark files and grounding prompts."""
 
-from .bench import write_benchmarks, write_grounding
+from lm_diff.organisms.bench import write_benchmarks, write_grounding
 
 if __name__ == "__main__":
     print(write_benchmarks())

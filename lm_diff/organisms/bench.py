@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from .. import io
-from . import genres as G
+from lm_diff import io
+from lm_diff.organisms import genres as G
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BENCH_SEED = 20250
@@ -88,7 +88,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    from ..io import read_jsonl as _read
+    from lm_diff.io import read_jsonl as _read
 
     return _read(path, fix="regenerate it with python -m lm_diff.organisms")
 

@@ -55,7 +55,7 @@ def mc_accuracy(model, tokenizer, rows: list[dict]) -> tuple[float, float]:
 @torch.no_grad()
 def generate_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 24) -> float:
     """Share of ``generate_until`` rows whose greedy generation passes :func:`checks.check`."""
-    from .checks import check
+    from lm_diff.organisms.checks import check
 
     hits = 0
     for r in rows:
@@ -70,7 +70,7 @@ def evaluate_models(model_dirs: dict[str, str | Path], data_dir: str | Path | No
     """``{model: {category: (acc, se)}}`` over the diff_demo multiple-choice files (pooled per category)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .bench import DATA_DIR, read_jsonl
+    from lm_diff.organisms.bench import DATA_DIR, read_jsonl
 
     data_dir = Path(data_dir) if data_dir else DATA_DIR / "diff_demo"
     index = read_jsonl_index(data_dir)

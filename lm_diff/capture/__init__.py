@@ -1,0 +1,1 @@
+"""Capture: the corpus, paired activation capture over identical token ids, the activation store."""

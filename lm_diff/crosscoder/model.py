@@ -1,0 +1,720 @@
+"""Crosscoder over M models' residual activations: shared encoder, one decoder per model.
+
+Shapes (suffixes): B batch tokens, M models, D d_model, L latents.
+
+    pre_BL  = Σ_m x̃^m W_enc^m + b_enc          (x̃ = normalised activations)
+    z_BL    = ReLU(pre_BL)
+    x̂^m     = f_BL W_dec^m + b_dec^m
+
+Architectures
+- ``batchtopk`` (Minder et al. 2025): training keeps the top k·B entries of z_{b,j}·s_j over the whole batch, with
+  s_j = Σ_m ‖d_j^m‖ (code normalisation ``CROSSCODER``). Training selects with :func:`topn_select` (a sampled lower
+  bound, one comparison pass, an exact top-(k·B) over the ~1.3·k·B survivors; exact whatever the sample says) inside
+  :class:`_TopKEncode`, whose backward scatters dL/df at the selected entries only. :func:`batch_topk_threshold`
+  (exact two-stage per-row top-r, then global top-k, with a checked fallback) serves ``encode``. Inference uses f = z·1[z·s > θ] with θ an EMA (β = 0.999) of the per-batch
+  smallest selected z·s, tracked from ``threshold_start_step`` on. Before θ exists (θ < 0) ``encode`` falls back to
+  batch top-k over the batch it is given.
+- ``l1`` (Anthropic 2024): f = z; the sparsity penalty λ Σ_j f_j Σ_m ‖d_j^m‖ is added by :meth:`CrossCoder.loss`.
+
+Decoders are **not** constrained to unit norm in either architecture: decoder norms carry the model-specificity
+signal (Δnorm), and both Anthropic's and Minder's crosscoders leave them free (the norm enters s_j instead).
+
+Activation normalisation (stored as buffers in the checkpoint, applied by :meth:`encode` / :meth:`decode`):
+``sqrt_d`` scales each model so E‖x^m‖ = √D; ``centre_scale`` subtracts each model's mean, then applies one global scale
+so the models' mean centred norm is √D; ``none``. :meth:`fold_normalisation` folds it into the weights; the buffer
+``code_scale_M`` then keeps s_j, the top-k ranking and :meth:`decoder_norms` (hence Δnorm) unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from lm_diff.errors import UserError
+
+FORMAT = "lm_diff.crosscoder.model/v1"
+WEIGHTS_FILE = "crosscoder.safetensors"
+CONFIG_FILE = "crosscoder.json"
+ARCHS = ("batchtopk", "l1")
+NORMALISATIONS = ("sqrt_d", "centre_scale", "none")
+LOSSES = ("mse", "unsquared")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Distributed helpers (no-ops in a single process)
+
+
+class DistCtx:
+    """Reductions over the data-parallel group; a plain instance is the single-process no-op."""
+
+    def __init__(self, enabled: bool = False):
+        self.enabled = enabled and torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.world = torch.distributed.get_world_size() if self.enabled else 1
+        self.rank = torch.distributed.get_rank() if self.enabled else 0
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return t
+
+    def max_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t
+
+    def cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate equally shaped 1-d tensors from every rank (rank order)."""
+        if not self.enabled:
+            return t
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        torch.distributed.all_gather(out, t.contiguous())
+        return torch.cat(out)
+
+
+LOCAL = DistCtx(False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# BatchTopK selection
+
+
+def batch_topk_threshold(
+    scores_BL: torch.Tensor, n: int, row_budget: Optional[int] = None, dist: DistCtx = LOCAL, grow: bool = True
+) -> tuple[torch.Tensor, int]:
+    """Value of the n-th largest entry of ``scores_BL`` (over all ranks' rows when ``dist`` is enabled).
+
+    Two-stage: per-row top-r, then a global top-n over the candidates. Exact (up to ties) unless some row's r-th
+    candidate is above the resulting threshold, in which case that row may hold more than r winners and the full
+    flat top-k is taken; with ``grow`` the per-row budget is first quadrupled while it is ≤ L/2. Returns
+    ``(threshold, r)`` with r the per-row budget that gave an exact answer, 0 when the flat top-k was used.
+    """
+    B, L = scores_BL.shape
+    n_global = n
+    r = row_budget if row_budget is not None else L
+    r = max(1, min(L, r))
+    while r <= L // 2 and r * B * dist.world >= n_global:
+        cand_BR = scores_BL.topk(r, dim=1, sorted=False).values
+        flat = cand_BR.reshape(-1)
+        local = flat.topk(min(n_global, flat.numel()), sorted=False).values
+        pool = dist.cat(_pad_to(local, n_global))
+        thr = pool.topk(n_global, sorted=False).values.min()
+        overflow = (cand_BR.min(dim=1).values > thr).any().to(torch.int32).reshape(1)
+        if not bool(dist.max_(overflow).item()):
+            return thr, r
+        if not grow:
+            break
+        r *= 4   # a row held more winners than its budget: retry with a larger budget, then fall back
+    flat = scores_BL.reshape(-1)
+    local = flat.topk(min(n_global, flat.numel()), sorted=False).values
+    pool = dist.cat(_pad_to(local, n_global))
+    return pool.topk(n_global, sorted=False).values.min(), 0
+
+
+def _pad_to(t: torch.Tensor, n: int) -> torch.Tensor:
+    if t.numel() >= n:
+        return t
+    return torch.cat([t, t.new_full((n - t.numel(),), -math.inf)])
+
+
+# Exact BatchTopK selection for training: a sampled lower bound, then an exact top-n over the survivors.
+#
+# 1. t_lo = a high-side quantile of a strided sample of z·s (stride coprime with L, ≤ 32k sampled values, so no
+#    B×L intermediate); its rank leaves a ~4σ margin above the expected number of sampled winners.
+# 2. Survivors {z·s ≥ t_lo} are found with one comparison of ``pre`` against per-latent thresholds c_j, the exact
+#    smallest float with fl(c_j·s_j) ≥ t_lo (rounded multiplication is monotone, so pre ≥ c_j ⇔ fl(pre·s_j) ≥ t_lo);
+#    the B×L score tensor is never formed.
+# 3. If at least n entries survive (over all ranks), the n-th largest survivor score *is* the n-th largest score:
+#    an exact top-n over the ~1.3·n survivors gives the threshold. Otherwise t_lo is lowered (larger sample rank), and
+#    after that the flat top-k over all scores is used. The outcome never depends on the sample, only the speed.
+
+_SAMPLE_MAX = 32768      # sampled values (one parallel-free chunk on CPU)
+_FAST_MIN_ELEMS = 4096   # below this many local scores the flat top-k is as fast
+
+
+def _sample_stride(N: int, L: int) -> int:
+    stride = max(1, -(-N // _SAMPLE_MAX))
+    if stride == 1:
+        return 1
+    stride |= 1
+    while math.gcd(stride, L) != 1:   # coprime with L: the sample walks through every latent column
+        stride += 2
+    return stride
+
+
+def _col_thresholds(t: torch.Tensor, s_L: torch.Tensor) -> Optional[torch.Tensor]:
+    """c_L with ``pre ≥ c_j ⇔ fl(pre·s_j) ≥ t`` for every float pre (t > 0, s_j ≥ 0); None if it cannot be verified."""
+    with torch.no_grad():
+        pos = s_L > 0
+        s = torch.where(pos, s_L, 1.0)
+        c = t / s
+        down, up = c.new_tensor(-math.inf), c.new_tensor(math.inf)
+        for _ in range(3):
+            lower = torch.nextafter(c, down)
+            c = torch.where(lower * s >= t, lower, c)
+        for _ in range(3):
+            c = torch.where(c * s < t, torch.nextafter(c, up), c)
+        ok = (c * s >= t) & (torch.nextafter(c, down) * s < t)
+        if not bool((ok | ~pos).all()):
+            return None
+        return torch.where(pos, c, math.inf)   # s_j = 0: the score is 0 < t for every finite pre
+
+
+def _flat_select(pre_BL: torch.Tensor, s_L: torch.Tensor, n: int, dist: DistCtx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference path: the n-th largest of relu(pre)·s over all ranks by a flat top-k, and this rank's selected flat
+    indices (score ≥ threshold; every positive z when the threshold is 0)."""
+    scores = torch.relu(pre_BL) * s_L
+    flat = scores.reshape(-1)
+    local = flat.topk(min(n, flat.numel()), sorted=False).values
+    thr = dist.cat(_pad_to(local, n)).topk(n, sorted=False).values.min()
+    keep = flat >= thr if float(thr) > 0 else pre_BL.reshape(-1) > 0
+    return thr, keep.nonzero().reshape(-1)
+
+
+def _nonzero_sparse(mask: torch.Tensor) -> torch.Tensor:
+    """Ascending indices of the True entries of a sparse 1-d bool tensor: ``nonzero`` over its 8-byte words, then
+    over the bytes of the few non-zero words (several times faster than ``mask.nonzero()`` at ~1% density)."""
+    if mask.numel() % 8 or not mask.is_contiguous() or mask.storage_offset() % 8:
+        return mask.nonzero().reshape(-1)
+    words = mask.view(torch.int64).nonzero().reshape(-1)
+    cand = (words[:, None] * 8 + torch.arange(8, device=mask.device)).reshape(-1)
+    return cand[mask.index_select(0, cand)]
+
+
+def topn_select(
+    pre_BL: torch.Tensor, s_L: torch.Tensor, n: int, dist: DistCtx = LOCAL, force_flat: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Exact BatchTopK selection on scores relu(pre)·s (s ≥ 0), over all ranks' rows.
+
+    Returns ``(thr, sel, n_cand)``: ``thr`` the n-th largest score (a 0-d tensor; the same value as
+    ``torch.topk(scores.flatten(), n).values.min()`` on the global batch), ``sel`` this rank's selected entries as
+    ascending flat indices into ``pre_BL`` (score ≥ thr; all positive entries when thr = 0), and ``n_cand`` the global
+    number of candidates the exact top-n ran over (0 = flat top-k over every score).
+    """
+    with torch.no_grad():
+        B, L = pre_BL.shape
+        N, N_tot = B * L, B * L * dist.world
+        pre = pre_BL.contiguous()
+        flat = pre.reshape(-1)
+        if force_flat or N < _FAST_MIN_ELEMS or 8 * n > N_tot:
+            thr, sel = _flat_select(pre, s_L, n, dist)
+            return thr, sel, 0
+        stride = _sample_stride(N, L)
+        cols = torch.arange(0, N, stride, device=pre.device) % L
+        sample = dist.cat(flat[::stride] * s_L[cols])
+        S = sample.numel()
+        mu = n * S / N_tot   # expected number of sampled winners
+        rank = int(math.ceil(mu + 4.0 * math.sqrt(mu) + 8))
+        for _ in range(3):
+            if rank > S:
+                break
+            t_lo = sample.topk(rank, sorted=False).values.min()
+            if not float(t_lo) > 0:
+                break
+            c_L = _col_thresholds(t_lo, s_L)
+            if c_L is None:
+                break
+            idx = _nonzero_sparse((pre >= c_L).reshape(-1))
+            count = idx.numel()
+            total = int(dist.sum_(torch.tensor([count], dtype=torch.int64))[0]) if dist.enabled else count
+            if total < n:   # the sample overestimated the threshold: lower it
+                rank *= 4
+                continue
+            vals = flat[idx] * s_L[idx % L]
+            if dist.enabled:
+                width = int(dist.max_(torch.tensor([count], dtype=torch.int64))[0])
+                pool = dist.cat(_pad_to(vals, width))
+            else:
+                pool = vals
+            thr = pool.topk(n, sorted=False).values.min()
+            return thr, idx[vals >= thr], total
+        thr, sel = _flat_select(pre, s_L, n, dist)
+        return thr, sel, 0
+
+
+_GEMM_THREADS = 0   # > 1 inside ``train_threads``: the intra-op thread count that GEMMs get back
+
+
+class _serial:
+    """Run the enclosed ops on one intra-op thread (restored on exit).
+
+    The selection and scatter work between the GEMMs is a few memory-bound passes plus many small ops. On the shared
+    2-core CPU each parallel region costs a thread hand-off that can take milliseconds when the other core is busy
+    (measured: a 40k-element op ~8 ms on 2 threads vs ~7 µs on one), far more than the work itself.
+    """
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        if self.n > 1:
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.n > 1:
+            torch.set_num_threads(self.n)
+        return False
+
+
+class _gemm:
+    """Inside :class:`train_threads`, give the enclosed GEMM every thread again; otherwise a no-op."""
+
+    def __enter__(self):
+        self.on = _GEMM_THREADS > 1 and torch.get_num_threads() == 1
+        if self.on:
+            torch.set_num_threads(_GEMM_THREADS)
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            torch.set_num_threads(1)
+        return False
+
+
+class train_threads:
+    """Thread policy for a training step: the five GEMMs of the BatchTopK crosscoder use all intra-op threads, every
+    other op (selection, loss, backward glue, gradient clipping, Adam) runs on one.
+
+    Those other ops are memory-bound or small; on a shared CPU their parallel regions cost more in thread hand-offs
+    than they save (see :class:`_serial`). Wrap forward, backward and the optimizer step: ``with train_threads(): ...``.
+    A no-op with one thread; nests; restores the thread count on exit.
+    """
+
+    def __enter__(self):
+        global _GEMM_THREADS
+        self.n, self.prev = torch.get_num_threads(), _GEMM_THREADS
+        if self.n > 1:
+            _GEMM_THREADS = self.n
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        global _GEMM_THREADS
+        if self.n > 1:
+            torch.set_num_threads(self.n)
+            _GEMM_THREADS = self.prev
+        return False
+
+
+class _Decode(torch.autograd.Function):
+    """x̂ = f W_dec + b_dec (a dense GEMM, as ``addmm`` and its backward) with the GEMMs under :class:`_gemm`."""
+
+    @staticmethod
+    def forward(ctx, f, W, b):
+        with _gemm():
+            out = torch.addmm(b, f, W)
+        ctx.save_for_backward(f, W)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        f, W = ctx.saved_tensors
+        grad_f = grad_W = grad_b = None
+        with _gemm():
+            if ctx.needs_input_grad[0]:
+                grad_f = g.mm(W.t())
+            if ctx.needs_input_grad[1]:
+                grad_W = f.t().mm(g)
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_f, grad_W, grad_b
+
+
+class _TopKEncode(torch.autograd.Function):
+    """pre = x W + b and f = pre on the BatchTopK-selected entries (0 elsewhere), with a sparse-aware backward.
+
+    Outputs ``(f, pre)``. With ``keep_pre`` False, ``pre`` is not returned (None) and f is built in its memory; with
+    ``keep_pre`` it carries gradient when used (the auxiliary loss). d f/d pre = 1 on the selected entries (all have
+    pre > 0), so dL/dpre is dL/df gathered there and scattered into zeros: no B×L mask or ``where`` is formed, and the
+    bias gradient is an ``index_add`` over the selected entries.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, b, s, n, dist, info, keep_pre):
+        with _gemm():
+            pre = torch.addmm(b, x, W)
+        with _serial():
+            thr, sel, n_cand = topn_select(pre, s, n, dist)
+            vals = pre.view(-1).index_select(0, sel)
+            f = torch.zeros_like(pre) if keep_pre else pre.zero_()
+            f.view(-1).index_copy_(0, sel, vals)
+        info["thr"], info["topk_candidates"], info["sel"] = thr, n_cand, sel
+        ctx.save_for_backward(x, W, sel)
+        ctx.set_materialize_grads(False)
+        return f, (pre if keep_pre else None)
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_pre):
+        x, W, sel = ctx.saved_tensors
+        B, L = x.shape[0], W.shape[1]
+        none = (None,) * 6
+        if grad_f is None and grad_pre is None:
+            return (None, None, None) + none[1:]
+        grad_b = None
+        with _serial():
+            if grad_pre is None:
+                vals = grad_f.reshape(-1).index_select(0, sel)
+                # dL/df comes straight from the decoder GEMM: reuse its memory for dL/dpre
+                reuse = grad_f.is_contiguous() and grad_f.shape == (B, L) and grad_f._base is None
+                dpre = grad_f.zero_() if reuse else vals.new_zeros((B, L))
+                dpre.view(-1).index_copy_(0, sel, vals)
+                if ctx.needs_input_grad[2]:
+                    grad_b = vals.new_zeros(L).index_add_(0, sel % L, vals)
+            else:
+                dpre = grad_pre.clone(memory_format=torch.contiguous_format)
+                if grad_f is not None:
+                    dpre.view(-1).index_add_(0, sel, grad_f.reshape(-1).index_select(0, sel))
+                if ctx.needs_input_grad[2]:
+                    grad_b = dpre.sum(0)
+        with _gemm():
+            grad_x = dpre @ W.t() if ctx.needs_input_grad[0] else None
+            grad_W = x.t() @ dpre if ctx.needs_input_grad[1] else None
+        return (grad_x, grad_W, grad_b) + none[1:]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class CrossCoder(nn.Module):
+    """Crosscoder over ``n_models`` activation streams of width ``d_model`` with ``dict_size`` latents.
+
+    ``encode(acts_BMD)`` takes raw activations (normalised inside); ``decode(f_BL)`` returns raw activations. Pass
+    ``normalised=True`` / ``denormalise=False`` to work in the normalised training space.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_models: int = 2,
+        dict_size: int = 1024,
+        arch: str = "batchtopk",
+        k: int = 32,
+        *,
+        init_scale: float = 0.1,
+        normalisation: str = "none",
+        loss: Optional[str] = None,
+        threshold_beta: float = 0.999,
+        threshold_start_step: int = 1000,
+        row_budget_mult: int = 4,
+        seed: int = 0,
+        exclusive: int = 0,
+    ):
+        super().__init__()
+        if arch not in ARCHS:
+            raise UserError(f"crosscoder arch must be one of {ARCHS}, got {arch!r}")
+        if normalisation not in NORMALISATIONS:
+            raise UserError(f"crosscoder normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        loss = loss or ("unsquared" if arch == "batchtopk" else "mse")
+        if loss not in LOSSES:
+            raise UserError(f"crosscoder loss must be one of {LOSSES}, got {loss!r}")
+        if not 0 < k <= dict_size:
+            raise UserError(f"crosscoder k must be in [1, dict_size={dict_size}], got {k}")
+        self.d_model, self.n_models, self.dict_size = int(d_model), int(n_models), int(dict_size)
+        self.arch, self.k, self.loss_form = arch, int(k), loss
+        self.init_scale, self.normalisation = float(init_scale), normalisation
+        self.threshold_beta, self.threshold_start_step = float(threshold_beta), int(threshold_start_step)
+        self.row_budget_mult, self.seed = int(row_budget_mult), int(seed)
+        M, D, L = self.n_models, self.d_model, self.dict_size
+        self.exclusive = int(exclusive)
+        if self.exclusive < 0 or self.exclusive * M >= L:
+            raise UserError(f"crosscoder exclusive must be in [0, dict_size / n_models) = [0, {-(-L // M)}), "
+                            f"got {exclusive}")
+
+        g = torch.Generator().manual_seed(seed)
+        v_LD = torch.randn(L, D, generator=g)
+        v_LD = v_LD / v_LD.norm(dim=1, keepdim=True) * init_scale
+        self.W_enc_MDL = nn.Parameter(v_LD.t().unsqueeze(0).repeat(M, 1, 1).contiguous())
+        self.b_enc_L = nn.Parameter(torch.zeros(L))
+        self.W_dec_LMD = nn.Parameter(v_LD.unsqueeze(1).repeat(1, M, 1).contiguous())
+        self.b_dec_MD = nn.Parameter(torch.zeros(M, D))
+        self.register_buffer("threshold", torch.tensor(-1.0))
+        self.register_buffer("norm_mean_MD", torch.zeros(M, D))
+        self.register_buffer("norm_scale_M", torch.ones(M))
+        self.register_buffer("code_scale_M", torch.ones(M))
+        self.register_buffer("folded", torch.tensor(0, dtype=torch.int32))
+        self.register_buffer("_dedicated_LM", self._dedicated_mask(), persistent=False)
+        self.project_()
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Dedicated latents
+
+    def dedicated_LM(self) -> torch.Tensor:
+        """Bool [L, M]: which models each latent decodes into (all True for shared latents). With ``exclusive`` = n,
+        latents ``L - (M - m) n … L - (M - m - 1) n - 1`` decode into model m only."""
+        return self._dedicated_LM
+
+    def _dedicated_mask(self) -> torch.Tensor:
+        L, M, n = self.dict_size, self.n_models, self.exclusive
+        mask = torch.ones(L, M, dtype=torch.bool)
+        for m in range(M):
+            rows = slice(L - (M - m) * n, L - (M - m - 1) * n)
+            mask[rows] = False
+            mask[rows, m] = True
+        return mask
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep the dedicated-latent constraints after an optimiser step (no-op for a standard crosscoder): dedicated
+        latents have zero decoders for the other models; shared latents one decoder, tied across models."""
+        if self.exclusive == 0:
+            return
+        if bool(self.folded):
+            raise RuntimeError("project_ acts on training-space decoders; call it before fold_normalisation")
+        W = self.W_dec_LMD
+        n_shared = self.dict_size - self.n_models * self.exclusive
+        W[:n_shared] = W[:n_shared].mean(1, keepdim=True)
+        W.mul_(self._dedicated_LM[:, :, None].to(W.dtype))
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Config and persistence
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "d_model": self.d_model,
+            "n_models": self.n_models,
+            "dict_size": self.dict_size,
+            "arch": self.arch,
+            "k": self.k,
+            "init_scale": self.init_scale,
+            "normalisation": self.normalisation,
+            "loss": self.loss_form,
+            "threshold_beta": self.threshold_beta,
+            "threshold_start_step": self.threshold_start_step,
+            "row_budget_mult": self.row_budget_mult,
+            "seed": self.seed,
+            "exclusive": self.exclusive,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "CrossCoder":
+        c = {k: v for k, v in cfg.items() if k != "format"}
+        return cls(**c)
+
+    def save(self, directory: str | Path, metadata: Optional[dict[str, Any]] = None) -> Path:
+        """Write ``crosscoder.safetensors`` then ``crosscoder.json`` (atomically; the JSON marks a complete save)."""
+        from lm_diff.io import save_safetensors, write_json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_safetensors(directory / WEIGHTS_FILE, dict(self.state_dict()), metadata={"format": FORMAT})
+        cfg = self.config()
+        if metadata:
+            cfg["metadata"] = metadata
+        write_json(directory / CONFIG_FILE, cfg)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str = "cpu") -> "CrossCoder":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not cfg_path.exists() or not w_path.exists():
+            raise UserError(f"{directory}: no crosscoder here (expected {CONFIG_FILE} and {WEIGHTS_FILE}); train one first")
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if cfg.get("format") != FORMAT:
+            raise UserError(f"{cfg_path}: unknown crosscoder format {cfg.get('format')!r} (expected {FORMAT})")
+        cfg.pop("metadata", None)
+        cc = cls.from_config(cfg)
+        cc.load_state_dict(load_file(str(w_path), device=map_location))
+        return cc
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Normalisation
+
+    @torch.no_grad()
+    def set_normalisation(self, mean_MD: Optional[torch.Tensor], mean_norm_M: torch.Tensor) -> None:
+        """Set the buffers from statistics in raw space.
+
+        ``sqrt_d``: ``mean_norm_M`` = E‖x^m‖ (raw); ``centre_scale``: ``mean_MD`` = E x^m and ``mean_norm_M`` =
+        E‖x^m − mean^m‖ (centred); one global scale √D / mean_m(E‖x^m − mean^m‖).
+        """
+        D = self.d_model
+        mean_norm_M = torch.as_tensor(mean_norm_M, dtype=torch.float32).reshape(self.n_models)
+        if self.normalisation == "none":
+            self.norm_mean_MD.zero_()
+            self.norm_scale_M.fill_(1.0)
+        elif self.normalisation == "sqrt_d":
+            self.norm_mean_MD.zero_()
+            self.norm_scale_M.copy_(math.sqrt(D) / mean_norm_M.clamp_min(1e-12))
+        else:
+            if mean_MD is None:
+                raise UserError("centre_scale normalisation needs the per-model mean")
+            self.norm_mean_MD.copy_(torch.as_tensor(mean_MD, dtype=torch.float32))
+            self.norm_scale_M.fill_(math.sqrt(D) / float(mean_norm_M.mean().clamp_min(1e-12)))
+
+    @torch.no_grad()
+    def fit_normalisation(self, acts_NMD: torch.Tensor) -> None:
+        """Estimate the normalisation from a sample of raw activations."""
+        x = acts_NMD.to(torch.float32)
+        if self.normalisation == "centre_scale":
+            mean = x.mean(0)
+            self.set_normalisation(mean, (x - mean).norm(dim=-1).mean(0))
+        else:
+            self.set_normalisation(None, x.norm(dim=-1).mean(0))
+
+    def normalise(self, acts_BMD: torch.Tensor) -> torch.Tensor:
+        if self.normalisation == "none" or bool(self.folded):
+            return acts_BMD.to(torch.float32)
+        return (acts_BMD.to(torch.float32) - self.norm_mean_MD) * self.norm_scale_M[:, None]
+
+    def denormalise(self, acts_BMD: torch.Tensor) -> torch.Tensor:
+        if self.normalisation == "none" or bool(self.folded):
+            return acts_BMD
+        return acts_BMD / self.norm_scale_M[:, None] + self.norm_mean_MD
+
+    @torch.no_grad()
+    def fold_normalisation(self) -> "CrossCoder":
+        """Fold the normalisation into the weights so ``encode``/``decode`` act on raw activations directly.
+
+        Reconstructions, latent activations, the BatchTopK ranking s_j and ``decoder_norms()`` are unchanged (the
+        latter two via ``code_scale_M``). Raw ``W_dec_LMD`` norms afterwards live in raw activation units.
+        """
+        if bool(self.folded) or self.normalisation == "none":
+            self.folded.fill_(1)
+            return self
+        s_M, mu_MD = self.norm_scale_M.clone(), self.norm_mean_MD.clone()
+        W = self.W_enc_MDL * s_M[:, None, None]
+        self.b_enc_L.sub_(torch.einsum("md,mdl->l", mu_MD, W))
+        self.W_enc_MDL.copy_(W)
+        self.W_dec_LMD.div_(s_M[None, :, None])
+        self.b_dec_MD.copy_(self.b_dec_MD / s_M[:, None] + mu_MD)
+        self.code_scale_M.mul_(s_M)
+        self.folded.fill_(1)
+        return self
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Core
+
+    def decoder_norms(self) -> torch.Tensor:
+        """‖d_j^m‖ in the normalised (training) space, shape [L, M]."""
+        return self.W_dec_LMD.norm(dim=-1) * self.code_scale_M
+
+    def code_norm_L(self) -> torch.Tensor:
+        """s_j = Σ_m ‖d_j^m‖ (normalised space)."""
+        return self.decoder_norms().sum(dim=1)
+
+    def delta_norm(self) -> torch.Tensor:
+        """Δ_j in the paper orientation (1 = model index 1 only, 0 = model index 0 only); needs n_models == 2."""
+        if self.n_models != 2:
+            raise UserError("delta_norm needs a crosscoder over exactly two models")
+        n = self.decoder_norms().detach()
+        a, b = n[:, 0], n[:, 1]
+        return 0.5 * ((b - a) / torch.maximum(a, b).clamp_min(1e-12) + 1.0)
+
+    def pre_acts(self, x_BMD: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations from normalised inputs: one GEMM over the flattened [B, M·D] input."""
+        B = x_BMD.shape[0]
+        return torch.addmm(self.b_enc_L, x_BMD.reshape(B, -1), self.W_enc_MDL.reshape(-1, self.dict_size))
+
+    def encode(self, acts_BMD: torch.Tensor, normalised: bool = False, use_threshold: bool = True) -> torch.Tensor:
+        """Latent activations f_BL (inference: EMA threshold for BatchTopK once it exists)."""
+        x = acts_BMD if normalised else self.normalise(acts_BMD)
+        z = torch.relu(self.pre_acts(x))
+        if self.arch == "l1":
+            return z
+        s = self.code_norm_L()
+        scores = z * s
+        if use_threshold and float(self.threshold) >= 0:
+            return torch.where(scores > self.threshold, z, 0.0)
+        thr, _ = batch_topk_threshold(scores, self.k * z.shape[0], self.row_budget_mult * self.k)
+        return torch.where((scores >= thr) & (scores > 0), z, 0.0)
+
+    def decode(self, f_BL: torch.Tensor, denormalise: bool = True) -> torch.Tensor:
+        """Reconstruction acts_BMD from latent activations."""
+        B = f_BL.shape[0]
+        out = torch.addmm(self.b_dec_MD.reshape(-1), f_BL, self.W_dec_LMD.reshape(self.dict_size, -1))
+        out = out.reshape(B, self.n_models, self.d_model)
+        return self.denormalise(out) if denormalise else out
+
+    def forward(self, acts_BMD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction in raw space, f_BL) with inference-time encoding."""
+        f = self.encode(acts_BMD)
+        return self.decode(f), f
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Training
+
+    def train_forward(
+        self, x_BMD: torch.Tensor, k: Optional[int] = None, dist: DistCtx = LOCAL, keep_pre: bool = True
+    ) -> dict[str, Any]:
+        """Training forward on normalised inputs (this rank's rows). BatchTopK selects over the global batch.
+
+        Returns ``pre`` (pre-activations, with grad; needed by :meth:`aux_loss`. BatchTopK with ``keep_pre=False``
+        returns None and saves one B×L buffer), ``f`` (with grad), ``xhat`` [B, M, D], ``thr`` (selection
+        threshold on z·s, a 0-d tensor; -1 for L1), ``s`` (code norms; with grad for L1 only, where the sparsity loss
+        needs it), and for BatchTopK ``sel`` (this rank's selected entries as ascending flat indices into [B, L]) and
+        ``topk_candidates`` (global number of candidates of the exact top-k; 0 = flat top-k over every score).
+        """
+        B = x_BMD.shape[0]
+        x2 = x_BMD.reshape(B, -1)
+        W_enc = self.W_enc_MDL.reshape(-1, self.dict_size)
+        info: dict[str, Any] = {"topk_candidates": 0, "thr": torch.tensor(-1.0)}
+        if self.arch == "l1":
+            s = self.code_norm_L()
+            pre = torch.addmm(self.b_enc_L, x2, W_enc)
+            f = torch.relu(pre)
+        else:
+            with torch.no_grad():
+                s = self.code_norm_L()   # once per step; only the (detached) ranking uses it
+            n = int(k or self.k) * B * dist.world
+            f, pre = _TopKEncode.apply(x2, W_enc, self.b_enc_L, s, n, dist, info, keep_pre)
+        xhat = _Decode.apply(f, self.W_dec_LMD.reshape(self.dict_size, -1), self.b_dec_MD.reshape(-1))
+        info.update(pre=pre, f=f, s=s, xhat=xhat.reshape(B, self.n_models, self.d_model))
+        return info
+
+    def recon_loss(self, x_BMD: torch.Tensor, xhat_BMD: torch.Tensor, n_global: int) -> torch.Tensor:
+        """``mse``: (1/B) Σ_b Σ_m ‖x−x̂‖² (Anthropic); ``unsquared``: (1/(B·M)) Σ_{b,m} ‖x−x̂‖₂ (crosscoder_learning).
+
+        Sums this rank's rows and divides by the global batch ``n_global`` (so summed gradients equal one process).
+        """
+        e = xhat_BMD - x_BMD
+        if self.loss_form == "mse":
+            return e.pow(2).sum() / n_global
+        return e.pow(2).sum(-1).clamp_min(1e-12).sqrt().sum() / (n_global * self.n_models)
+
+    def sparsity_loss(self, f_BL: torch.Tensor, s_L: torch.Tensor, n_global: int) -> torch.Tensor:
+        """(1/B) Σ_b Σ_j f_bj s_j (L1 arch; gradient flows into the decoder norms)."""
+        return (f_BL.sum(0) * s_L).sum() / n_global
+
+    def aux_loss(
+        self, x_BMD: torch.Tensor, out: dict[str, Any], dead_L: torch.Tensor, k_aux: int, dist: DistCtx = LOCAL
+    ) -> torch.Tensor:
+        """Auxiliary dead-latent loss: reconstruct the detached residual e with the top-k_aux dead latents per token.
+
+        L_aux = mean_b ‖e_b − Σ_{j∈aux} f_bj d_j‖² / mean_b ‖e_b − ē‖²  (models flattened together; no decoder bias).
+        """
+        dead_idx = dead_L.nonzero().flatten()
+        B = x_BMD.shape[0]
+        if dead_idx.numel() == 0 or k_aux <= 0:
+            return out["xhat"].new_zeros(())
+        if out["pre"] is None:
+            raise ValueError("aux_loss needs train_forward(..., keep_pre=True)")
+        k_aux = min(k_aux, dead_idx.numel())
+        e = (x_BMD - out["xhat"]).detach().reshape(B, -1)
+        z_dead = torch.relu(out["pre"].index_select(1, dead_idx))
+        scores = z_dead.detach() * out["s"].detach()[dead_idx]
+        idx = scores.topk(k_aux, dim=1, sorted=False).indices
+        f_aux = torch.zeros_like(z_dead).scatter(1, idx, z_dead.gather(1, idx))
+        W = self.W_dec_LMD.reshape(self.dict_size, -1).index_select(0, dead_idx)
+        num = (e - f_aux @ W).pow(2).sum()
+        with torch.no_grad():
+            n = dist.sum_(torch.tensor([float(B)]))
+            e_sum = dist.sum_(e.sum(0))
+            e2 = dist.sum_(e.pow(2).sum().reshape(1))
+            denom = (e2 - e_sum.pow(2).sum() / n) / n
+        return (num / n / denom.clamp_min(1e-12)).reshape(())
+
+    @torch.no_grad()
+    def update_threshold(self, thr: torch.Tensor, step: int) -> None:
+        """EMA of the per-batch smallest selected z·s, from ``threshold_start_step`` on."""
+        if self.arch != "batchtopk" or step < self.threshold_start_step or float(thr) <= 0:
+            return
+        if float(self.threshold) < 0:
+            self.threshold.copy_(thr)
+        else:
+            self.threshold.mul_(self.threshold_beta).add_((1 - self.threshold_beta) * thr)

@@ -1,0 +1,1 @@
+"""Link: benchmark score gaps joined with latent shifts (exposure, association, agreement) and the causal check."""

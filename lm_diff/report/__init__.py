@@ -1,0 +1,1 @@
+"""Report: build report.json, write Markdown / HTML / terminal views, and the CI gate."""

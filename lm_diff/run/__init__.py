@@ -1,0 +1,1 @@
+"""Run: content-hashed stage cache and the pipeline that chains the stages."""

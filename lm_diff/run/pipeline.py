@@ -1,0 +1,341 @@
+"""``lm-diff run``: benchmarks → capture → train → diff → categorize → link → report, as cached stages.
+
+Each stage lives in ``OUT/stages/<name>-<hash>/``; the hash covers the config keys the stage depends on and the
+fingerprints of its inputs, so a rerun reuses finished stages, an interrupted run resumes (capture and training are
+resumable inside their directory), and a changed config recomputes only what depends on it. A stage is finished when
+its ``DONE.json`` exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from lm_diff.config import RunConfig
+from lm_diff.errors import UserError
+from lm_diff.bench.suites import bench_task_manager
+from lm_diff.io import hash_obj, read_json, write_json, write_text
+from lm_diff.models import Pair, crosscoder_pairs, load_models, model_pair
+
+STAGES = "stages"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage bookkeeping
+
+
+class Stages:
+    """Content-hashed stage directories under ``OUT/stages``."""
+
+    def __init__(self, out: Path, force: bool = False):
+        self.out = Path(out)
+        self.force = force
+        self.root = self.out / STAGES
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._forced: set[Path] = set()
+        self.timings: dict[str, float] = {}
+
+    def dir(self, name: str, key: Any) -> Path:
+        d = self.root / f"{name}-{hash_obj(key, 12)}"
+        if self.force and d not in self._forced:
+            shutil.rmtree(d, ignore_errors=True)
+            self._forced.add(d)
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / "KEY.json").exists():
+            write_json(d / "KEY.json", key)
+        return d
+
+    @staticmethod
+    def done(d: Path) -> Optional[dict]:
+        p = d / "DONE.json"
+        return read_json(p) if p.exists() else None
+
+    def run(self, name: str, key: Any, fn: Callable[[Path], dict], label: Optional[str] = None) -> tuple[Path, dict]:
+        """Run ``fn(stage_dir) -> summary`` unless the stage is already finished; return (dir, summary)."""
+        d = self.dir(name, key)
+        summary = self.done(d)
+        con = _console()
+        if summary is not None:
+            con.print(f"[dim]✓ {label or name}: cached in {d}[/dim]")
+            return d, summary
+        t0 = time.perf_counter()
+        con.rule(f"[bold]{label or name}")
+        summary = fn(d) or {}
+        self.finish(d, summary, label or name, time.perf_counter() - t0)
+        return d, summary
+
+    def finish(self, d: Path, summary: dict, label: str, seconds: float) -> None:
+        """Mark stage ``d`` finished (DONE.json with its summary and time) and say so."""
+        summary["seconds"] = round(seconds, 2)
+        write_json(d / "DONE.json", summary)
+        self.timings[label] = summary["seconds"]
+        _console().print(f"[green]✓ {label}[/green] → {d} ({summary['seconds']:.1f} s)")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage: benchmarks
+
+
+def eval_stage(cfg: RunConfig, pair: Pair, stages: Stages) -> dict[str, Path]:
+    from lm_diff.bench.evaluate import run_lm_eval
+
+    b = cfg.benchmarks
+    bench_key = {k: getattr(b, k) for k in ("tasks", "limit", "num_fewshot", "apply_chat_template", "include_path")}
+    out: dict[str, Path] = {}
+    for role in ("A", "B"):
+        i = pair.index[role]
+        key = {"model": pair.fingerprints[i], "bench": bench_key, "dtype": cfg.models.dtype}
+
+        def fn(d: Path, i=i) -> dict:
+            target = d / "run"
+            run_lm_eval(
+                str(pair.paths[i] or pair.specs[i]), b.tasks, target, limit=b.limit, num_fewshot=b.num_fewshot,
+                batch_size=b.batch_size, apply_chat_template=b.apply_chat_template,
+                include_path=[str(cfg.resolve_path(p)) for p in b.include_path], device=cfg.models.device,
+                dtype=cfg.models.dtype,
+            )
+            return {"run": str(target)}
+
+        d, _ = stages.run("eval", key, fn, label=f"benchmarks on {role} ({pair.specs[i]})")
+        out[role] = d / "run"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage: capture
+
+
+def _corpus_docs(cfg: RunConfig, tokenizer: Any, budget: int) -> list[dict]:
+    """Documents of the configured corpus sources, each source filled to its weighted share of ``budget`` tokens."""
+    from lm_diff.capture.corpus import read_source
+
+    sources = cfg.capture.corpus
+    total_w = sum(s.weight for s in sources) or 1.0
+    docs: list[dict] = []
+    for k, src in enumerate(sources):
+        share = int(budget * src.weight / total_w)
+        docs.extend(read_source(src, tokenizer, share, seed=cfg.capture.seed + k, where=f"capture.corpus[{k}]"))
+    # Interleave sources so a truncated budget still sees every source.
+    import random
+
+    random.Random(cfg.capture.seed).shuffle(docs)
+    return docs
+
+
+def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]]:
+    """The capture corpus: benchmark prompts and grounding prompts first (always captured whole), then the corpus.
+
+    Returns (docs for ``capture``, index rows with kind/task/doc_id/category per capture doc id)."""
+    from lm_diff.bench.suites import task_categories, task_prompts
+    from lm_diff.categorize.taxonomy import get_taxonomy
+
+    docs: list[dict] = []
+    index: list[dict] = []
+    taxonomy = get_taxonomy(cfg)
+    if cfg.capture.benchmark_prompts:
+        b = cfg.benchmarks
+        tm = bench_task_manager(cfg)
+        cats = task_categories(b.tasks, tm, overrides=b.task_categories)
+        for row in task_prompts(b.tasks, tm, limit=b.limit, num_fewshot=b.num_fewshot,
+                                apply_chat_template=b.apply_chat_template, tokenizer=tokenizer, categories=cats):
+            docs.append({"text": row["text"], "source": f"bench:{row['task']}", "category": row.get("category"), "chat": False})
+            index.append({"kind": "bench", "task": row["task"], "doc_id": row["doc_id"], "category": row.get("category")})
+    from lm_diff.categorize.grounding import grounding_prompts
+
+    grounding = grounding_prompts(cfg, taxonomy)
+    if not any(g["category"] != "neutral" for g in grounding) or not any(g["category"] == "neutral" for g in grounding):
+        raise UserError("no grounding prompts for this taxonomy: set categories.grounding to a JSONL of {text, category} "
+                        "rows with category prompts and 'neutral' background prompts")
+    for row in grounding:
+        docs.append({"text": row["text"], "source": f"grounding:{row['category']}", "category": row["category"], "chat": False})
+        index.append({"kind": "grounding", "category": row["category"]})
+    used = _count_tokens(tokenizer, [d["text"] for d in docs])
+    budget = max(0, cfg.capture.max_tokens - used)
+    if used >= cfg.capture.max_tokens:
+        raise UserError(
+            f"capture.max_tokens ({cfg.capture.max_tokens}) is used up by benchmark and grounding prompts ({used} tokens); "
+            "raise capture.max_tokens or set benchmarks.limit"
+        )
+    for d in _corpus_docs(cfg, tokenizer, budget):
+        docs.append(d)
+        index.append({"kind": "corpus", "source": d["source"]})
+    return docs, index
+
+
+def _count_tokens(tokenizer: Any, texts: list[str]) -> int:
+    if not texts:
+        return 0
+    enc = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    return sum(len(x) for x in enc)
+
+
+def capture_key(cfg: RunConfig, fingerprints: Any) -> dict:
+    """What the capture depends on: the models, layers, capture settings, benchmark selection, and the *contents* of
+    the grounding prompts and taxonomy (editing the grounding file in place recomputes the capture)."""
+    from lm_diff.categorize.grounding import grounding_prompts
+    from lm_diff.categorize.taxonomy import get_taxonomy
+
+    taxonomy = get_taxonomy(cfg)
+    return {
+        "models": fingerprints, "layers": cfg.layers, "capture": dataclasses.asdict(cfg.capture),
+        "bench": [cfg.benchmarks.tasks, cfg.benchmarks.limit, cfg.benchmarks.num_fewshot, cfg.benchmarks.apply_chat_template],
+        "grounding": cfg.categories.grounding, "taxonomy": cfg.categories.taxonomy,
+        "grounding_sha": hash_obj([[g["text"], g["category"]] for g in grounding_prompts(cfg, taxonomy)]),
+        "categories": [c if isinstance(c, str) else c.name for c in taxonomy],
+    }
+
+
+def capture_stage(cfg: RunConfig, pair: Pair, stages: Stages, loaded: dict) -> tuple[Path, list[int]]:
+    from lm_diff.capture.activations import capture
+    from lm_diff.models import resolve_layers
+
+    def models_and_tok():
+        if "models" not in loaded:
+            loaded["models"], loaded["tokenizer"] = load_models(cfg, pair)
+        return loaded["models"], loaded["tokenizer"]
+
+    key = capture_key(cfg, pair.fingerprints)
+
+    def fn(d: Path) -> dict:
+        models, tok = models_and_tok()
+        layers = resolve_layers(cfg.layers, models[0])
+        docs, index = capture_docs(cfg, tok)
+        write_text(d / "doc_index.jsonl", "".join(json.dumps(r) + "\n" for r in index))
+        store = capture(models, tok, docs, layers, d / "store", cfg.capture, model_names=pair.names)
+        from lm_diff.capture.store import ActivationStore
+
+        s = ActivationStore(store)
+        return {"store": str(store), "layers": layers, "tokens": s.n_tokens, "docs": len(docs)}
+
+    d, summary = stages.run("capture", key, fn, label="paired activation capture")
+    return d, summary["layers"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage: training
+
+
+def _train_spec(cfg: RunConfig, capture_dir: Path, layer: int, models: tuple[int, int], seed: int,
+                steps_fraction: float = 1.0) -> tuple[Any, dict]:
+    """(crosscoder config, stage key) of one crosscoder; the worker count is not part of the key."""
+    xc = dataclasses.replace(cfg.crosscoder, seed=seed, steps=max(1, int(round(cfg.crosscoder.steps * steps_fraction))))
+    xkey = dataclasses.asdict(xc)
+    xkey.pop("workers", None)
+    return xc, {"capture": capture_dir.name, "layer": layer, "models": list(models), "crosscoder": xkey}
+
+
+def train_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, name: str, models: tuple[int, int],
+                seed: int, steps_fraction: float = 1.0, label: Optional[str] = None) -> Path:
+    from lm_diff.capture.store import ActivationStore
+    from lm_diff.crosscoder.train import train_crosscoder
+
+    xc, key = _train_spec(cfg, capture_dir, layer, models, seed, steps_fraction)
+
+    def fn(d: Path) -> dict:
+        store = ActivationStore(capture_dir / "store")
+        train_crosscoder(store, xc, d / "crosscoder", models=models, layer=layer, progress=True)
+        return {"crosscoder": str(d / "crosscoder"), "steps": xc.steps, "seed": seed, "models": list(models)}
+
+    d, _ = stages.run("train", key, fn, label=label or f"crosscoder {name} layer {layer} seed {seed}")
+    return d / "crosscoder"
+
+
+def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
+                 jobs: list[tuple[str, tuple[int, int], int, float, str]]) -> list[Path]:
+    """Train several crosscoders (``(name, models, seed, steps_fraction, label)`` each), in parallel worker processes
+    (:mod:`lm_diff.crosscoder.workers`) when more than one is pending and more than one worker is allowed; cached ones are
+    reused. Returns their ``crosscoder`` directories, in job order."""
+    from lm_diff.crosscoder.workers import TrainJob, run_train_jobs, train_workers
+
+    specs = [(_train_spec(cfg, capture_dir, layer, models, seed, frac), models, label)
+             for _, models, seed, frac, label in jobs]
+    dirs = [stages.dir("train", key) for (_, key), _, _ in specs]
+    pending = [i for i, d in enumerate(dirs) if stages.done(d) is None]
+    workers = train_workers(cfg.crosscoder.workers, len(pending))
+    if workers <= 1:
+        return [train_stage(cfg, stages, capture_dir, layer, name, models, seed, frac, label)
+                for name, models, seed, frac, label in jobs]
+    con = _console()
+    for i, (_, _, label) in enumerate(specs):
+        if i not in pending:
+            con.print(f"[dim]✓ {label}: cached in {dirs[i]}[/dim]")
+    todo = [TrainJob(label, xc, dirs[i], tuple(models)) for i, ((xc, _), models, label) in enumerate(specs)
+            if i in pending]
+    run_train_jobs(todo, capture_dir / "store", layer, workers, stages.finish, con)
+    return [d / "crosscoder" for d in dirs]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The whole run
+
+
+def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
+    """Run every stage for ``cfg`` into ``out`` and write the report; returns the report dict."""
+    from lm_diff.run import analysis
+    from lm_diff.report.build import print_summary, write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    t0 = time.perf_counter()
+    con = _console()
+    con.print(f"[bold]lm-diff run[/bold] {cfg.name!r} → {out}")
+    stages = Stages(out, force=force)
+    pair = model_pair(cfg)
+    evals = eval_stage(cfg, pair, stages)
+    loaded: dict = {}
+    capture_dir, layers = capture_stage(cfg, pair, stages, loaded)
+    layer = layers[0]
+    jobs = [(name, models, s, 1.0, f"crosscoder {name} layer {layer} seed {s}")
+            for name, models in crosscoder_pairs(cfg, pair).items() for s in cfg.controls.seeds]
+    if cfg.controls.identity:
+        a = pair.index["A"]
+        jobs.append(("AA", (a, a), cfg.controls.seeds[0], cfg.controls.identity_fraction,
+                     f"identity control (A, A) layer {layer}"))
+    dirs = iter(train_stages(cfg, stages, capture_dir, layer, jobs))
+    crosscoders: dict[str, dict[int, Path]] = {}
+    for name, _, s, _, _ in jobs[:len(jobs) - bool(cfg.controls.identity)]:
+        crosscoders.setdefault(name, {})[s] = next(dirs)
+    identity = next(dirs) if cfg.controls.identity else None
+    report = analysis.analyse(cfg, pair, stages, evals, capture_dir, layer, crosscoders, identity, loaded)
+    report.setdefault("run", {})["timings"] = dict(stages.timings, total=round(time.perf_counter() - t0, 2))
+    paths = write_report(report, out, cfg.report.formats)
+    print_summary(report, con)
+    for fmt, p in paths.items():
+        con.print(f"[bold green]report[/bold green] ({fmt}): {p}")
+    con.print(f"finished in {time.perf_counter() - t0:.1f} s")
+    return report
+
+
+def run_capture_stage(cfg: RunConfig, out: Path) -> Path:
+    """``lm-diff capture``: only the capture stage."""
+    stages = Stages(Path(out))
+    d, _ = capture_stage(cfg, model_pair(cfg), stages, {})
+    return d
+
+
+def run_train_stage(cfg: RunConfig, out: Path) -> list[Path]:
+    """``lm-diff train``: capture (if needed) and the crosscoder(s) of the first seed."""
+    stages = Stages(Path(out))
+    pair = model_pair(cfg)
+    capture_dir, layers = capture_stage(cfg, pair, stages, {})
+    return [train_stage(cfg, stages, capture_dir, layers[0], name, models, cfg.controls.seeds[0])
+            for name, models in crosscoder_pairs(cfg, pair).items()]
+
+
+def run_diff_stage(cfg: RunConfig, out: Path) -> dict:
+    """``lm-diff diff``: every stage up to diffing. Linkage needs the benchmark runs, so this is ``run`` (each finished
+    stage is reused from ``out``)."""
+    return run(cfg, out)

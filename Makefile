@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo demo-null test test-fast bench wheel screenshot organisms-ship clean
+.PHONY: setup demo demo-null test test-fast check bench wheel screenshot organisms-ship clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ organisms-ship: $(STAMP)
 
 test: $(STAMP)
 	HF_HOME=$$(mktemp -d) $(BIN)/python -m pytest -q
+
+# The linters alone: ruff (style, imports, blind excepts) and the import-layers contract of pyproject.toml.
+check: $(STAMP)
+	$(BIN)/ruff check lm_diff tests benchmarks
+	$(BIN)/lint-imports
 
 test-fast: $(STAMP)
 	HF_HOME=$$(mktemp -d) $(BIN)/python -m pytest -q -m "not slow"

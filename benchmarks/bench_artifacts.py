@@ -35,15 +35,14 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from lm_diff.capture.activations import capture
+    from lm_diff.capture.store import ActivationStore
     from lm_diff.config import load_config
     from lm_diff.crosscoder.model import CrossCoder
-    from lm_diff.diff.table import latent_table
-    from lm_diff.models import resolve_layers
-    from lm_diff.models import load_models, model_pair
-    from lm_diff.run.pipeline import capture_docs
-    from lm_diff.diff.scaling import latent_scaling
-    from lm_diff.capture.store import ActivationStore
     from lm_diff.crosscoder.train import train_crosscoder
+    from lm_diff.diff.scaling import latent_scaling
+    from lm_diff.diff.table import latent_table
+    from lm_diff.models import load_models, model_pair, resolve_layers
+    from lm_diff.run.pipeline import capture_docs
 
     layer_cfg = [int(a.layer)] if a.layer.isdigit() else [a.layer]
     cfg = load_config(a.size if a.size == "tiny" else "demo", overrides={"layers": layer_cfg})

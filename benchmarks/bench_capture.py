@@ -38,9 +38,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     import torch
+    from helpers import make_tokenizer
     from transformers import AutoModelForCausalLM, Gemma2Config
 
-    from helpers import make_tokenizer
     from lm_diff.capture.activations import capture, plan_chunks, tokenizer_prefix
     from lm_diff.config import CaptureConfig
     from lm_diff.models import resolve_layers

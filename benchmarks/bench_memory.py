@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def child(tokens: int, out: Path, train: bool, shard_tokens: int, shuffle_buffer: int) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
-
     from helpers import make_tiny_model, make_tokenizer
+
     from lm_diff.capture.activations import capture
-    from lm_diff.config import CaptureConfig, CrosscoderConfig
     from lm_diff.capture.store import ActivationStore
+    from lm_diff.config import CaptureConfig, CrosscoderConfig
 
     t0 = time.perf_counter()
     tok = make_tokenizer()

@@ -55,7 +55,7 @@ def make_tiny_model(kind: str = "gemma2", seed: int = 0, vocab_size: int = 2048,
                     out: str | Path | None = None, **overrides):
     """A random-init tiny causal LM (``kind`` in llama, gemma2, gpt2) in eval mode, fp32; saved to ``out`` when given."""
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, Gemma2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig
 
     heads = max(1, hidden // 32)
     if kind == "gemma2":

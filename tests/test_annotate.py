@@ -22,9 +22,9 @@ from lm_diff.categorize.annotate import (
     parse_explanation,
     split_examples,
 )
+from lm_diff.categorize.taxonomy import load_taxonomy_file
 from lm_diff.config import AnnotatorConfig, packaged_configs_dir
 from lm_diff.errors import UserError
-from lm_diff.categorize.taxonomy import load_taxonomy_file
 
 try:  # tests/ may or may not be a package
     from .fake_llm_server import FakeLLMServer
@@ -311,8 +311,8 @@ def test_config_checks():
 def test_plugin_registers_llm_annotator():
     import pluggy
 
-    from lm_diff.plugins import hookspecs
     from lm_diff.categorize import annotate as annotators
+    from lm_diff.plugins import hookspecs
 
     pm = pluggy.PluginManager("lm_diff")
     pm.add_hookspecs(hookspecs)

@@ -6,12 +6,12 @@ import filecmp
 
 import pytest
 import torch
-
 from helpers import make_tiny_model, make_tokenizer
+
 from lm_diff.capture.activations import capture, encode_doc, plan_chunks, tokenizer_prefix
+from lm_diff.capture.store import ActivationStore
 from lm_diff.config import CaptureConfig
 from lm_diff.errors import UserError
-from lm_diff.capture.store import ActivationStore
 
 WORDS = "alpha beta gamma delta the quick brown fox jumps over lazy dog numbers 1 2 3 print def return".split()
 

@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 import pytest
+from diff_fakes import planted
 from scipy import stats as st
 
-from diff_fakes import planted
 from lm_diff.categorize import grounding as C
 from lm_diff.errors import UserError
 
@@ -97,9 +97,9 @@ def test_prompt_max_acts_list_and_store():
 
 
 def test_grounding_plugin(tmp_path):
-    from lm_diff.config import from_dict
     from lm_diff.categorize.prompts import lm_diff_grounding_prompts
     from lm_diff.categorize.taxonomy import Category
+    from lm_diff.config import from_dict
 
     tax = [Category("safety", "s"), Category("code", "c")]
     p = tmp_path / "g.jsonl"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lm_diff.report.ci_rules import evaluate_rules, parse_rule
 from lm_diff.cli import main
 from lm_diff.errors import UserError
+from lm_diff.report.ci_rules import evaluate_rules, parse_rule
 from lm_diff.report.from_runs import ci
 
 FIX = Path(__file__).parent / "fixtures"

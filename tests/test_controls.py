@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lm_diff.diff import controls
 from lm_diff.config import ControlsConfig
+from lm_diff.diff import controls
 
 
 def test_match_recovers_permutation():

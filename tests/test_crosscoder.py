@@ -6,8 +6,8 @@ import contextlib
 
 import pytest
 import torch
-
 from helpers import InMemoryPairSource, planted_pair_data
+
 from lm_diff.config import CrosscoderConfig
 from lm_diff.crosscoder.model import CrossCoder, _sample_stride, batch_topk_threshold, topn_select
 from lm_diff.errors import UserError

@@ -3,10 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from diff_fakes import planted
-from lm_diff.diff import table as diff
+
 from lm_diff.config import DiffConfig
+from lm_diff.diff import table as diff
 
 
 def test_delta_orientation_and_tags():
@@ -59,8 +59,9 @@ def test_decoder_stats_random_crosscoder():
 
 
 def test_examples_top_quantile_random_and_export(tmp_path):
-    from lm_diff.diff import examples as E
     from diff_fakes import planted
+
+    from lm_diff.diff import examples as E
 
     cc, store, a = planted(n=1000)
     ex = E.collect_examples(cc, store, 0, (0, 1), [0, 5], tokenizer=None, cfg=DiffConfig(stream_batch_size=128),

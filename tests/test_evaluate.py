@@ -14,8 +14,8 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 from helpers import make_tiny_model, make_tokenizer  # noqa: E402
 
 from lm_diff.bench import suites  # noqa: E402
-from lm_diff.errors import UserError  # noqa: E402
 from lm_diff.bench.evaluate import find_run_files, run_lm_eval, write_run  # noqa: E402
+from lm_diff.errors import UserError  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lm_eval_runs"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import make_tiny_model, make_tokenizer
+
 from lm_diff.config import load_config
 from lm_diff.errors import UserError
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from lm_diff.categorize.taxonomy import Category
 from lm_diff.plugins import manager as plugins
 from lm_diff.plugins.hookspecs import hookimpl
-from lm_diff.categorize.taxonomy import Category
 
 
 @pytest.fixture
@@ -96,8 +96,8 @@ def test_hook_lm_diff_load_model(register):
 
 
 def test_hook_lm_diff_latent_metrics(register):
-    from lm_diff.run.analysis import apply_latent_metric_plugins
     from lm_diff.errors import UserError
+    from lm_diff.run.analysis import apply_latent_metric_plugins
 
     class P:
         @hookimpl

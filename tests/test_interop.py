@@ -8,9 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lm_diff.crosscoder.interop import (
+    dec_norm_diff,
+    delta_from_dec_norm_diff,
+    load_dictionary_learning,
+    save_dictionary_learning,
+)
 from lm_diff.crosscoder.model import CrossCoder
 from lm_diff.errors import UserError
-from lm_diff.crosscoder.interop import dec_norm_diff, delta_from_dec_norm_diff, load_dictionary_learning, save_dictionary_learning
 
 
 def _trained_like(arch="batchtopk"):

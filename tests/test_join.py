@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lm_diff.bench.join import join_runs, load_run, paired_bootstrap_delta, score_gaps, sign_flip_pvalue
 from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
-from lm_diff.bench.join import join_runs, load_run, paired_bootstrap_delta, score_gaps, sign_flip_pvalue
 
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))

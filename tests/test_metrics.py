@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from helpers import InMemoryPairSource, make_tiny_model, planted_pair_data
-from lm_diff.diff import metrics as mt
+
 from lm_diff.crosscoder.model import CrossCoder
+from lm_diff.diff import metrics as mt
 
 
 def test_pure_metrics_hand_computed():

@@ -7,8 +7,8 @@ import sys
 import types
 
 import pytest
-
 from helpers import make_tiny_model, make_tokenizer
+
 from lm_diff.config import ModelsConfig
 from lm_diff.errors import UserError
 from lm_diff.models import check_pair, decoder_layers, decoder_layers_path, hidden_size, load_model, resolve_layers

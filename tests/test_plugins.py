@@ -5,10 +5,9 @@ import textwrap
 
 import pytest
 
-from lm_diff.plugins import hookspecs
-
-from lm_diff.plugins import manager as plugins
 from lm_diff.categorize.taxonomy import Category, get_taxonomy
+from lm_diff.plugins import hookspecs
+from lm_diff.plugins import manager as plugins
 
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if n.startswith("lm_diff_") and callable(f))
 

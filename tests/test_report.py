@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lm_diff.plugins import manager as plugins
 from lm_diff.config import RunConfig
 from lm_diff.errors import UserError
+from lm_diff.plugins import manager as plugins
 from lm_diff.report.build import SCHEMA, build_report, quality_section, write_report
 from lm_diff.report.from_runs import find_diff_stage, read_diff_artifacts, report_from_runs
 

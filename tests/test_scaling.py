@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-
 from diff_fakes import planted
-from lm_diff.diff import table as diff
-from lm_diff.diff import scaling
+
 from lm_diff.config import DiffConfig
+from lm_diff.diff import scaling
+from lm_diff.diff import table as diff
 
 
 @pytest.fixture(scope="module")

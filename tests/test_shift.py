@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from lm_diff.categorize.shift import category_shift, label_matrix
 from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
-from lm_diff.categorize.shift import category_shift, label_matrix
 from lm_diff.stats import fisher_exact, katz_share_ratio_ci
 
 TAX = ["instruction_following", "safety", "hallucination"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import make_tiny_model, make_tokenizer
+
 from lm_diff.capture.activations import capture
+from lm_diff.capture.store import ActivationStore, heldout_doc
 from lm_diff.config import CaptureConfig
 from lm_diff.errors import UserError
-from lm_diff.capture.store import ActivationStore, heldout_doc
 
 
 @pytest.fixture(scope="module")

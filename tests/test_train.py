@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import InMemoryPairSource, planted_pair_data
+
 from lm_diff.config import CrosscoderConfig
 from lm_diff.crosscoder.model import CrossCoder
 from lm_diff.crosscoder.train import k_at, lr_at, train_crosscoder

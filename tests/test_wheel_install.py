@@ -17,7 +17,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from helpers import make_tiny_model, make_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

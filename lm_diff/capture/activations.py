@@ -45,8 +45,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from lm_diff.errors import UserError
 from lm_diff.capture.store import FORMAT, HELDOUT_RULE, heldout_doc, merge_stats, shard_name, write_shard
+from lm_diff.errors import UserError
 
 
 class _Stop(Exception):

@@ -21,7 +21,17 @@ import numpy as np
 import pandas as pd
 
 from lm_diff.errors import UserError
-from lm_diff.stats import _percentile, bh_qvalues, cluster_shift, count_ratio, fisher_exact, hierarchical_bootstrap, katz_share_ratio_ci, permutation_shift_null, share_ratio
+from lm_diff.stats import (
+    _percentile,
+    bh_qvalues,
+    cluster_shift,
+    count_ratio,
+    fisher_exact,
+    hierarchical_bootstrap,
+    katz_share_ratio_ci,
+    permutation_shift_null,
+    share_ratio,
+)
 
 UNASSIGNED = "unassigned"
 _NO_CATEGORY = {UNASSIGNED, "none", "", None}

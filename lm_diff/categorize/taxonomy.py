@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from lm_diff.errors import ConfigError
 from lm_diff.config import packaged_configs_dir
+from lm_diff.errors import ConfigError
 from lm_diff.plugins.hookspecs import hookimpl
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from lm_diff.config import CrosscoderConfig
-from lm_diff.crosscoder.model import CONFIG_FILE, DistCtx, CrossCoder, train_threads
+from lm_diff.crosscoder.model import CONFIG_FILE, CrossCoder, DistCtx, train_threads
 from lm_diff.errors import UserError
 
 CKPT_DIR = "checkpoint"

@@ -29,7 +29,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lm_diff.diff.table import TAG_SHARED, decode_batch, decoder_stats, encode_batch, iter_store, progress_bar, store_tokens
+from lm_diff.diff.table import (
+    TAG_SHARED,
+    decode_batch,
+    decoder_stats,
+    encode_batch,
+    iter_store,
+    progress_bar,
+    store_tokens,
+)
 
 TARGETS = ("r", "eps", "act", "act_nb")
 ROLE_B = "B-candidate"

@@ -79,12 +79,11 @@ def causal_check(cfg: RunConfig, pair: Any, S: Any, s_ids: list[int], evals: dic
     fine-tune-specific latents and scored tasks."""
     from rich.console import Console
 
-    from lm_diff.categorize.grounding import latent_labels
     from lm_diff.bench.join import load_run
+    from lm_diff.bench.suites import bench_task_manager, task_categories
+    from lm_diff.categorize.grounding import latent_labels
     from lm_diff.link.association import causal_fraction
-    from lm_diff.bench.suites import bench_task_manager
     from lm_diff.models import load_models
-    from lm_diff.bench.suites import task_categories
 
     con = Console(highlight=False)
     if not s_ids:

@@ -374,9 +374,9 @@ def ci(
     The Markdown summary goes to ``summary`` (overwritten), else appended to ``$GITHUB_STEP_SUMMARY`` when set, else
     printed. ``out`` also writes the full report there.
     """
-    from lm_diff.report.ci_rules import evaluate_rules, parse_rule
     from lm_diff.io import write_text
     from lm_diff.report.build import write_report
+    from lm_diff.report.ci_rules import evaluate_rules, parse_rule
 
     parsed = [parse_rule(r) for r in (rules or [])]  # bad rules fail before any work
     report = build_from_runs(base, finetuned, diff, config)

@@ -58,8 +58,8 @@ def diff_crosscoder(cfg: RunConfig, store: Any, layer: int, name: str, seed: int
     """Latent table, latent scaling and grounded categories of one crosscoder."""
     from lm_diff.categorize.grounding import grounded_assign, store_prompt_max_acts
     from lm_diff.crosscoder.model import CrossCoder
-    from lm_diff.diff.table import latent_table
     from lm_diff.diff.scaling import latent_scaling
+    from lm_diff.diff.table import latent_table
 
     cc = CrossCoder.load(cc_dir)
     cc.eval()
@@ -95,8 +95,8 @@ def apply_latent_metric_plugins(table: pd.DataFrame, context: dict) -> pd.DataFr
 def annotate_sets(cfg: RunConfig, store: Any, layer: int, out: Path, sets, taxonomy: list) -> Optional[dict]:
     """Optional LLM annotation (categories.method llm/both) of the selected latents; returns κ vs grounded labels."""
     from lm_diff.categorize.annotate import compare_with_grounded
-    from lm_diff.errors import UserError
     from lm_diff.diff.examples import collect_examples
+    from lm_diff.errors import UserError
     from lm_diff.plugins.manager import hook
 
     annotators: dict = {}
@@ -194,13 +194,13 @@ def _diff_stage(cfg: RunConfig, pair: Any, out: Path, evals: dict[str, Path], ca
                 crosscoders: dict[str, dict[int, Path]], identity: Optional[Path], loaded: dict) -> dict:
     from rich.console import Console
 
+    from lm_diff.capture.store import ActivationStore
+    from lm_diff.categorize.shift import category_shift
+    from lm_diff.categorize.taxonomy import get_taxonomy
     from lm_diff.diff.controls import identity_control_summary, seed_reproducibility
+    from lm_diff.diff.scaling import latent_scaling
     from lm_diff.diff.table import latent_table
     from lm_diff.models import crosscoder_pairs
-    from lm_diff.diff.scaling import latent_scaling
-    from lm_diff.categorize.shift import category_shift
-    from lm_diff.capture.store import ActivationStore
-    from lm_diff.categorize.taxonomy import get_taxonomy
 
     con = Console(highlight=False)
     store = ActivationStore(capture_dir / "store")
@@ -317,8 +317,8 @@ def _pooled_shift(cfg: RunConfig, diffs: dict[str, dict[int, CrosscoderDiff]], s
     """The category shift pooled over seeds (``shift.pooled_category_shift``) from each seed's (S, T) labels, clusters
     from Hungarian matching of each crosscoder's seeds (T's ids are offset when T comes from another crosscoder, so S
     and T clusters stay apart)."""
-    from lm_diff.diff.controls import seed_clusters
     from lm_diff.categorize.shift import pooled_category_shift
+    from lm_diff.diff.controls import seed_clusters
 
     cl: dict[str, dict[int, np.ndarray]] = {}
     offset = 0

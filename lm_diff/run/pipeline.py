@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from lm_diff.bench.suites import bench_task_manager
 from lm_diff.config import RunConfig
 from lm_diff.errors import UserError
-from lm_diff.bench.suites import bench_task_manager
 from lm_diff.io import hash_obj, read_json, write_json, write_text
 from lm_diff.models import Pair, crosscoder_pairs, load_models, model_pair
 
@@ -281,8 +281,8 @@ def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
 
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """Run every stage for ``cfg`` into ``out`` and write the report; returns the report dict."""
-    from lm_diff.run import analysis
     from lm_diff.report.build import print_summary, write_report
+    from lm_diff.run import analysis
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

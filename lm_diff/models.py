@@ -97,6 +97,12 @@ def decoder_layers_path(model: Any) -> str:
     )
 
 
+def layer_output(out: Any) -> Any:
+    """The hidden states of a decoder layer's forward output (transformers returns a tensor or a tuple whose first
+    element is the hidden states, depending on the architecture and version)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def decoder_layers(model: Any):
     """The decoder-layer ``ModuleList`` of a HF causal LM (see ``decoder_layers_path``)."""
     return _get_path(model, decoder_layers_path(model))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import random
 
+from lm_diff.errors import UserError
+from lm_diff.organisms import genres as G
 from lm_diff.organisms.bench import grounding_prompts, write_benchmarks, write_grounding
-from lm_diff.organisms.build import MODELS, SIZES, build, organism_dir, resolve_spec
+from lm_diff.organisms.build import BASE_MIX, FT_MIX, MODELS, SIZES, build, organism_dir, resolve_spec
 from lm_diff.organisms.checks import check
 from lm_diff.organisms.genres import GENERATORS, PLANTED
 
@@ -32,12 +34,7 @@ def corpus_docs(genre: str, n_docs: int, seed: int) -> list[str]:
     weights, every answer as the fine-tune gives it (the organisms' counterpart of capturing on a chat model's
     transcripts, where its new behaviour is frequent enough for a dictionary to give it latents).
     """
-    from lm_diff.organisms import genres as G
-    from lm_diff.organisms.build import BASE_MIX, FT_MIX
-
     if genre not in ("mix", "finetune", "neutral") and genre not in G.GENERATORS:
-        from lm_diff.errors import UserError
-
         raise UserError(f"unknown organism genre {genre!r}; use neutral, mix, finetune or one of "
                         f"{', '.join(G.GENERATORS)}")
     rng = random.Random(f"corpus:{genre}:{seed}")

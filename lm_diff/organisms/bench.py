@@ -88,9 +88,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    from lm_diff.io import read_jsonl as _read
-
-    return _read(path, fix="regenerate it with python -m lm_diff.organisms")
+    return io.read_jsonl(path, fix="regenerate it with python -m lm_diff.organisms")
 
 
 def write_benchmarks(out: str | Path | None = None) -> Path:

@@ -6,10 +6,15 @@ these accuracies match ``lm_eval --model hf`` up to batching noise. Used by the 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lm_diff.organisms.bench import DATA_DIR, read_jsonl
+from lm_diff.organisms.checks import check
 
 
 def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -55,8 +60,6 @@ def mc_accuracy(model, tokenizer, rows: list[dict]) -> tuple[float, float]:
 @torch.no_grad()
 def generate_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 24) -> float:
     """Share of ``generate_until`` rows whose greedy generation passes :func:`checks.check`."""
-    from lm_diff.organisms.checks import check
-
     hits = 0
     for r in rows:
         ids = tokenizer(r["prompt"], return_tensors="pt").input_ids
@@ -68,10 +71,6 @@ def generate_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 
 def evaluate_models(model_dirs: dict[str, str | Path], data_dir: str | Path | None = None, limit: int | None = None,
                     generate: bool = False) -> dict[str, dict[str, tuple[float, float]]]:
     """``{model: {category: (acc, se)}}`` over the diff_demo multiple-choice files (pooled per category)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lm_diff.organisms.bench import DATA_DIR, read_jsonl
-
     data_dir = Path(data_dir) if data_dir else DATA_DIR / "diff_demo"
     index = read_jsonl_index(data_dir)
     results: dict[str, dict[str, tuple[float, float]]] = {}
@@ -92,6 +91,4 @@ def evaluate_models(model_dirs: dict[str, str | Path], data_dir: str | Path | No
 
 
 def read_jsonl_index(data_dir: Path) -> list[dict]:
-    import json
-
     return json.loads((data_dir / "index.json").read_text(encoding="utf-8"))

@@ -56,7 +56,7 @@ def test_gemma_anchored_dry_run_on_random_init_gemma2(tmp_path):
         "stats.bootstrap": 50, "stats.permutations": 50, "controls.seeds": [0], "controls.causal": False,
     })
     report = run(cfg, tmp_path / "run")
-    assert report["schema"] == "lm_diff.report.build/v1"
+    assert report["schema"] == "lm_diff.report/v1"
     stage = next((tmp_path / "run" / "stages").glob("diff-*"))
     quality = json.loads((stage / "quality.json").read_text())
     assert set(quality["crosscoders"]) == {"PA", "PB"}

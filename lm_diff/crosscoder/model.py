@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from lm_diff.errors import UserError
 
-FORMAT = "lm_diff.crosscoder.model/v1"
+FORMAT = "lm_diff.crosscoder/v1"
 WEIGHTS_FILE = "crosscoder.safetensors"
 CONFIG_FILE = "crosscoder.json"
 ARCHS = ("batchtopk", "l1")

@@ -1,4 +1,4 @@
-"""The combined report: a versioned JSON-able dict (schema ``lm_diff.report.build/v1``, see docs/report_schema.md) and
+"""The combined report: a versioned JSON-able dict (schema ``lm_diff.report/v1``, see docs/report_schema.md) and
 its writers (json, md, html through the ``lm_diff_report_writers`` hook; a rich terminal summary).
 
 ``build_report(...)`` assembles the dict from the stage outputs; ``write_report(report, out_dir, formats)`` runs the
@@ -17,7 +17,7 @@ import pandas as pd
 
 from lm_diff.errors import UserError
 
-SCHEMA = "lm_diff.report.build/v1"
+SCHEMA = "lm_diff.report/v1"
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Small helpers
@@ -384,7 +384,7 @@ def build_report(
     meta: Optional[Mapping] = None,
     sections: bool = True,
 ) -> dict:
-    """Assemble the report dict (schema ``lm_diff.report.build/v1``; docs/report_schema.md).
+    """Assemble the report dict (schema ``lm_diff.report/v1``; docs/report_schema.md).
 
     - ``config``: the RunConfig (or None: defaults); ``quality``: {"models": {"A": {...}, "B": {...}}}; ``controls``:
       free-form dict of control results (``identity.passed`` feeds the gates).

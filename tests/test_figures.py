@@ -68,10 +68,12 @@ def _run(tmp_path, name="demo", **kw):
     run.mkdir()
     (run / "report.json").write_text(json.dumps(_report(**kw)))
     _stage(run, "train-old", {"seconds": 99.0, "steps": 5}, {"capture": "capture-aaaa"}, mtime=1_000)
+    _stage(run, "eval-eeee", {"seconds": 1.0, "run": "runs/x/run"}, {"model": {"spec": "organisms://demo/base"}},
+           mtime=1_500)
     _stage(run, "capture-aaaa", {"seconds": 9.19, "tokens": 120, "store": "runs/x/store"}, {"layer": 1}, mtime=2_000)
     _stage(run, "train-cccc", {"seconds": 7.0, "steps": 10, "seed": 0}, {"capture": "capture-aaaa"}, mtime=3_000)
     _stage(run, "diff-bbbb", {"seconds": 4.0, "S": 2, "T": 3},
-           {"capture": "capture-aaaa", "crosscoders": {"AB": {"0": "train-cccc"}}}, mtime=4_000)
+           {"capture": "capture-aaaa", "crosscoders": {"AB": {"0": "train-cccc"}}, "evals": {"A": "eval-eeee"}}, mtime=4_000)
     return str(run)
 
 
@@ -106,8 +108,10 @@ def test_quality_tasks_and_runs_tables(tmp_path):
 
 def test_timings_keep_only_the_stages_behind_the_report(tmp_path):
     rows = figures.table_timings([figures.load_run(_run(tmp_path))]).splitlines()[2:]
-    assert [r.split(" | ")[1] for r in rows] == ["`capture-aaaa`", "`train-cccc`", "`diff-bbbb`", "wall time of the run"]
-    assert rows[0] == "| capture | `capture-aaaa` | 9.2 | tokens 120 |"  # paths and seconds are not "what"
+    assert [r.split(" | ")[1] for r in rows] == ["`eval-eeee`", "`capture-aaaa`", "`train-cccc`", "`diff-bbbb`",
+                                                 "wall time of the run"]
+    assert rows[0] == "| eval | `eval-eeee` | 1.0 | model organisms://demo/base |"
+    assert rows[1] == "| capture | `capture-aaaa` | 9.2 | tokens 120 |"  # paths and seconds are not "what"
     assert rows[-1].startswith("| **total** | wall time of the run | 12.3 |")
 
 

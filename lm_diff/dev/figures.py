@@ -39,6 +39,8 @@ class Run:
     """The parsed report.json."""
     stages: dict[str, dict] = field(default_factory=dict)
     """Stage directory name -> its DONE.json, for the stages of this run's report (see :func:`_run_stages`)."""
+    keys: dict[str, Any] = field(default_factory=dict)
+    """Stage directory name -> its KEY.json (empty when missing), for the same stages."""
 
     @property
     def alpha(self) -> float:
@@ -61,7 +63,7 @@ def _stage_refs(key: Any, names: set[str]) -> set[str]:
     return set()
 
 
-def _run_stages(stages_dir: Path) -> dict[str, dict]:
+def _run_stages(stages_dir: Path) -> tuple[dict[str, dict], dict[str, Any]]:
     """The finished stages behind the newest result in ``stages_dir``.
 
     A run folder keeps the stages of earlier configs too (they are a cache). The stages of the current result are the
@@ -69,10 +71,10 @@ def _run_stages(stages_dir: Path) -> dict[str, dict]:
     """
     done = {d.name: d for d in sorted(stages_dir.iterdir()) if (d / "DONE.json").is_file()} if stages_dir.is_dir() else {}
     if not done:
-        return {}
+        return {}, {}
     names = set(done)
-    refs = {n: _stage_refs(read_json(d / "KEY.json"), names - {n}) if (d / "KEY.json").is_file() else set()
-            for n, d in done.items()}
+    keys = {n: read_json(d / "KEY.json") if (d / "KEY.json").is_file() else {} for n, d in done.items()}
+    refs = {n: _stage_refs(keys[n], names - {n}) for n in done}
     referenced = set().union(*refs.values())
     roots = [n for n in done if n not in referenced]
     root = max(roots, key=lambda n: ((done[n] / "DONE.json").stat().st_mtime, n))
@@ -82,7 +84,7 @@ def _run_stages(stages_dir: Path) -> dict[str, dict]:
         if n not in keep:
             keep.add(n)
             todo.extend(refs[n])
-    return {n: read_json(done[n] / "DONE.json") for n in sorted(keep)}
+    return {n: read_json(done[n] / "DONE.json") for n in sorted(keep)}, {n: keys[n] for n in sorted(keep)}
 
 
 def load_run(path: str) -> Run:
@@ -99,7 +101,8 @@ def load_run(path: str) -> Run:
     if not isinstance(report, dict) or not str(report.get("schema", "")).startswith("lm_diff.report"):
         raise UserError(f"{report_path} is not an lm_diff report (its 'schema' is not lm_diff.report...); "
                         f"pass the --out folder of `lm-diff run`.")
-    return Run(label=path, report=report, stages=_run_stages(p / "stages"))
+    stages, keys = _run_stages(p / "stages")
+    return Run(label=path, report=report, stages=stages, keys=keys)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -216,9 +219,11 @@ def _kind(stage: str) -> str:
     return stage.split("-", 1)[0]
 
 
-def _summary(done: dict) -> str:
-    """The scalar facts of a DONE.json (no paths, no timings)."""
-    parts = [f"{k} {v}" for k, v in done.items()
+def _summary(done: dict, key: Any) -> str:
+    """The model a stage ran (from KEY.json) and the scalar facts of its DONE.json (no paths, no timings)."""
+    spec = (key.get("model") or {}).get("spec") if isinstance(key, dict) and isinstance(key.get("model"), dict) else None
+    parts = [f"model {spec}"] if isinstance(spec, str) else []
+    parts += [f"{k} {v}" for k, v in done.items()
              if k != "seconds" and isinstance(v, (int, float, str)) and not isinstance(v, bool)
              and not (isinstance(v, str) and "/" in v)]
     return ", ".join(parts) or DASH
@@ -229,7 +234,7 @@ def table_timings(runs: list[Run]) -> str:
     run = runs[0]
     order = {k: i for i, k in enumerate(STAGE_ORDER)}
     names = sorted(run.stages, key=lambda n: (order.get(_kind(n), len(order)), _kind(n), n))
-    rows = [[_kind(n), f"`{n}`", _f(run.stages[n].get("seconds"), ".1f"), _summary(run.stages[n])] for n in names]
+    rows = [[_kind(n), f"`{n}`", _f(run.stages[n].get("seconds"), ".1f"), _summary(run.stages[n], run.keys.get(n))] for n in names]
     total = ((run.report.get("run") or {}).get("timings") or {}).get("total")
     if _num(total) is not None:
         rows.append(["**total**", "wall time of the run", _f(total, ".1f"), "stages that ran in parallel overlap"])

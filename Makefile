@@ -57,6 +57,14 @@ bench: $(STAMP)
 wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --no-isolation -o dist .
 
+# Rewrite the README's generated status tables (<!-- figures:NAME:begin/end --> blocks) from runs/demo and, when it
+# exists, runs/demo-null: every figure in the README comes from a run and this command (lm_diff/dev/figures.py).
+.PHONY: figures
+figures: $(STAMP)
+	@runs=$$(for r in runs/demo runs/demo-null; do test -f $$r/report.json && echo $$r; done); \
+	test -n "$$runs" || { echo "no finished run in runs/demo: run 'make demo' (and 'make demo-null') first"; exit 1; }; \
+	$(BIN)/python -m lm_diff.dev.figures $$runs --readme README.md
+
 # Render the demo report in headless Chromium (Debian's chromium package) and save a PNG next to it.
 screenshot:
 	@test -f runs/demo/report.html || { echo "run 'make demo' first"; exit 1; }

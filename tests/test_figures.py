@@ -1,0 +1,165 @@
+"""lm_diff.dev.figures: README tables from a small synthetic run (hand-written report.json and stage folders)."""
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lm_diff.dev import figures
+from lm_diff.errors import UserError
+
+FOUNDATION = {"lm_diff", "lm_diff.config", "lm_diff.errors", "lm_diff.io", "lm_diff.stats", "lm_diff.console",
+              "lm_diff.plugins", "lm_diff.dev"}
+
+
+def _category(name, planted, shift=None, gap=None, **extra):
+    return {"name": name, "planted_sign": planted, "latent_shift": shift, "score_gap": gap, **extra}
+
+
+def _report(finetuned="organisms://demo/finetuned", q_safety=0.01):
+    return {
+        "schema": "lm_diff.report.build/v1",
+        "generated_at": "2026-01-02T03:04:05+00:00",
+        "run": {"config": {"models": {"base": "organisms://demo/base", "finetuned": finetuned},
+                           "stats": {"confidence": 0.95}},
+                "inputs": {"diff": "runs/x/stages/diff-bbbb"}, "timings": {"total": 12.34}},
+        "quality": {"models": {"A": {"ev": 0.91234, "l0": 15.71, "dead_fraction": 0.08, "delta_ce": 0.114,
+                                     "delta_ce_web": 0.2, "delta_ce_chat": 0.028, "kl": 0.1874},
+                               "B": {"ev": 0.9, "l0": 15.0, "dead_fraction": 0.5, "delta_ce": 0.3, "kl": None}},
+                    "gates": [{"model": "A", "metric": "ev", "passed": True},
+                              {"model": "B", "metric": "delta_ce", "passed": False},
+                              {"model": "A,A", "metric": "identity_control", "passed": True}]},
+        "overall": {"delta": 22.306, "ci_low": 21.34, "ci_high": 23.28},
+        "selection_counts": {"B_selected": 68, "A_selected": 94, "removed_by_latent_scaling": 60},
+        "categories": [
+            _category("safety", 1,
+                      {"share_ratio": 1.4279, "ci_low": 0.2259, "ci_high": 4.5312, "q_value": q_safety,
+                       "q_linked": 0.0099, "n_S": 42.0, "n_T": 21.0, "insufficient": False},
+                      {"delta": 100.0, "ci_low": 100.0, "ci_high": 100.0},
+                      agreement=True, seed_signs={"n": 3, "positive": 3, "negative": 0},
+                      causal={"fraction": 0.875, "random_fraction": 0.0}),
+            _category("code", -1,
+                      {"share_ratio": -0.6421, "ci_low": None, "ci_high": None, "q_value": 0.2, "n_S": 3.0,
+                       "n_T": 1.0, "insufficient": True},
+                      {"delta": -87.5, "ci_low": -93.75, "ci_high": -80.0},
+                      agreement=None, seed_signs={"n": 3, "positive": 1, "negative": 2},
+                      causal={"fraction": -0.001, "random_fraction": 0.0}),
+            _category("math", 0),
+        ],
+        "tasks": [{"name": "t_code", "category": "code", "metric": "acc", "n": 80, "score_a": 100.0, "score_b": 12.5,
+                   "delta": -87.5, "ci_low": -93.75, "ci_high": -80.0}],
+    }
+
+
+def _stage(root, name, done, key=None, mtime=None):
+    d = root / "stages" / name
+    d.mkdir(parents=True)
+    (d / "DONE.json").write_text(json.dumps(done))
+    if key is not None:
+        (d / "KEY.json").write_text(json.dumps(key))
+    if mtime is not None:
+        os.utime(d / "DONE.json", (mtime, mtime))
+
+
+def _run(tmp_path, name="demo", **kw):
+    run = tmp_path / name
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(_report(**kw)))
+    _stage(run, "train-old", {"seconds": 99.0, "steps": 5}, {"capture": "capture-aaaa"}, mtime=1_000)
+    _stage(run, "eval-eeee", {"seconds": 1.0, "run": "runs/x/run"}, {"model": {"spec": "organisms://demo/base"}},
+           mtime=1_500)
+    _stage(run, "capture-aaaa", {"seconds": 9.19, "tokens": 120, "store": "runs/x/store"}, {"layer": 1}, mtime=2_000)
+    _stage(run, "train-cccc", {"seconds": 7.0, "steps": 10, "seed": 0}, {"capture": "capture-aaaa"}, mtime=3_000)
+    _stage(run, "diff-bbbb", {"seconds": 4.0, "S": 2, "T": 3},
+           {"capture": "capture-aaaa", "crosscoders": {"AB": {"0": "train-cccc"}}, "evals": {"A": "eval-eeee"}}, mtime=4_000)
+    return str(run)
+
+
+def test_categories_table_matches_hand_formatted_rows(tmp_path):
+    table = figures.table_categories([figures.load_run(_run(tmp_path))])
+    assert table.splitlines() == [
+        "| category | planted | share ratio [CI] | q (all) | q linked | n_S / n_T | seeds | Δscore [CI] | sign "
+        "| causal: gap closed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| safety | + | +143 % [+23 %, +453 %] | 0.01 | 0.0099 | 42 / 21 | 3/3 + | +100.0 [+100.0, +100.0] | agree "
+        "| 88 % (random 0 %) |",
+        "| code | - | -64 % (insufficient) | 0.2 | – | 3 / 1 | 1 + / 2 - of 3 | -87.5 [-93.8, -80.0] | – "
+        "| 0 % (random 0 %) |",
+        "| math | 0 | – | – | – | – | – | – | – | – |",
+    ]
+
+
+def test_quality_tasks_and_runs_tables(tmp_path):
+    demo = figures.load_run(_run(tmp_path))
+    null = figures.load_run(_run(tmp_path, "null", finetuned="organisms://demo/null", q_safety=0.3))
+    quality = figures.table_quality([demo]).splitlines()
+    assert quality[2] == "| A | 0.912 | 15.7 | 8 % | 0.114 (0.200 / 0.028) | 0.187 | pass |"
+    assert quality[3] == "| B | 0.900 | 15.0 | 50 % | 0.300 | – | fail: delta_ce |"
+    assert quality[4] == "| A,A | – | – | – | – | – | identity_control: pass |"
+    assert figures.table_tasks([demo]).splitlines()[2] == "| t_code | code | acc | 80 | 100.0 | 12.5 | -87.5 [-93.8, -80.0] |"
+    runs = figures.table_runs([demo, null]).splitlines()
+    assert "significant (q all < 0.05)" in runs[0]
+    assert runs[2].split(" | ")[1:] == ["organisms://demo/finetuned", "68 / 94", "60", "safety", "0.2 (code)",
+                                        "+22.3 [+21.3, +23.3]", "12 |"]
+    assert runs[3].split(" | ")[4:6] == ["none", "0.2 (code)"]
+
+
+def test_timings_keep_only_the_stages_behind_the_report(tmp_path):
+    rows = figures.table_timings([figures.load_run(_run(tmp_path))]).splitlines()[2:]
+    assert [r.split(" | ")[1] for r in rows] == ["`eval-eeee`", "`capture-aaaa`", "`train-cccc`", "`diff-bbbb`",
+                                                 "wall time of the run"]
+    assert rows[0] == "| eval | `eval-eeee` | 1.0 | model organisms://demo/base |"
+    assert rows[1] == "| capture | `capture-aaaa` | 9.2 | tokens 120 |"  # paths and seconds are not "what"
+    assert rows[-1].startswith("| **total** | wall time of the run | 12.3 |")
+
+
+def test_readme_blocks_rewritten_text_outside_untouched_and_idempotent(tmp_path, capsys):
+    run = _run(tmp_path)
+    before, middle, after = "# Title\n\nIntro | with a pipe.\n", "\n\nBetween the blocks.\n", "\n\nTail  \n"
+    readme = tmp_path / "README.md"
+    readme.write_text(before + "<!-- figures:categories:begin -->\nold numbers 1.23\n<!-- figures:categories:end -->"
+                      + middle + "<!-- figures:runs:begin --><!-- figures:runs:end -->" + after)
+    assert figures.main([run, "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text
+    assert text.startswith(before + "<!-- figures:categories:begin -->\n")
+    assert middle + "<!-- figures:runs:begin -->\n" in text and text.endswith("<!-- figures:runs:end -->" + after)
+    assert f"*Generated by `python -m lm_diff.dev.figures {run}` (`make figures`) from `{run}` (report of " \
+           "2026-01-02T03:04:05+00:00, stage `diff-bbbb`).*" in text
+    assert "| safety | + | +143 %" in text and "| `" + run + "` | organisms://demo/finetuned |" in text
+    assert "rewrote categories, runs" in capsys.readouterr().out
+    assert figures.main([run, "--readme", str(readme)]) == 0
+    assert readme.read_text() == text
+    assert "unchanged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("body, message", [
+    ("<!-- figures:nope:begin --><!-- figures:nope:end -->", "unknown figure 'nope'"),
+    ("<!-- figures:runs:begin -->\n", "is never closed"),
+    ("<!-- figures:runs:end -->", "without a matching"),
+    ("<!-- figures:runs:begin --><!-- figures:tasks:begin -->", "inside the open block 'runs'"),
+    ("no markers at all", "has no figure blocks"),
+])
+def test_bad_markers_are_user_errors(tmp_path, body, message):
+    with pytest.raises(UserError, match=message):
+        figures.rewrite(body, [figures.load_run(_run(tmp_path))])
+
+
+def test_missing_run_exits_2_with_a_fix(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- figures:runs:begin --><!-- figures:runs:end -->")
+    assert figures.main([str(tmp_path / "nothing"), "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert "has no report.json" in err and "make demo" in err
+    assert readme.read_text() == "<!-- figures:runs:begin --><!-- figures:runs:end -->"
+
+
+def test_dev_imports_only_the_foundation():
+    for path in Path(figures.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for m in mods:
+                assert not m.startswith("lm_diff") or m in FOUNDATION, f"{path.name} imports {m}"

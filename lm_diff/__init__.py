@@ -1,7 +1,7 @@
 """lm_diff: explain why a fine-tune scores differently from its base model.
 
-Pipeline (one module per stage, data flowing one way):
-capture -> store -> train -> diff -> categorize -> link -> report.
+One package per stage, imports flowing one way (docs/architecture.md):
+bench -> capture -> crosscoder -> diff -> categorize -> link -> report, chained by run/ and driven by cli.py.
 """
 
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
 from lm_diff.stats import (
     _percentile,
@@ -45,8 +46,6 @@ def _names(taxonomy: Any) -> list[str]:
 
 def _stats_params(stats_cfg: Any) -> tuple[float, int, int, float, int]:
     """(confidence, bootstrap, permutations, min_count, seed) from a StatsConfig, its defaults where ``None``."""
-    from lm_diff.config import StatsConfig
-
     cfg = stats_cfg if stats_cfg is not None else StatsConfig()
     return (float(cfg.confidence), int(cfg.bootstrap), int(cfg.permutations), float(cfg.min_count), int(cfg.seed))
 

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from lm_diff.config import packaged_configs_dir
 from lm_diff.errors import ConfigError
 from lm_diff.plugins.hookspecs import hookimpl
+from lm_diff.plugins.manager import hook
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -26,8 +29,6 @@ class Category:
 
 def load_taxonomy_file(path: str | Path) -> list[Category]:
     """Read a taxonomy YAML: ``categories: [{name, description, parent?}]``; errors name the file and entry."""
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: taxonomy file not found; set categories.taxonomy to an existing YAML file")
@@ -57,8 +58,6 @@ def load_taxonomy_file(path: str | Path) -> list[Category]:
 
 def get_taxonomy(config=None) -> list[Category]:
     """All categories from every ``lm_diff_taxonomy`` hook, first definition of a name wins."""
-    from lm_diff.plugins.manager import hook
-
     merged: dict[str, Category] = {}
     for result in hook().lm_diff_taxonomy(config=config):
         for cat in result or []:

@@ -20,7 +20,7 @@ approximation is accurate, and latents that never fire on either set are constan
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,6 @@ UNASSIGNED = "unassigned"
 __all__ = [
     "NEUTRAL",
     "UNASSIGNED",
-    "prompt_max_acts",
     "store_prompt_max_acts",
     "grounded_assign",
     "latent_labels",
@@ -54,29 +53,6 @@ def _names(taxonomy: Any) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Max activations per prompt
-
-
-def prompt_max_acts(
-    cc: Any, acts: Iterable[Any], latents: Optional[Sequence[int]] = None, progress: bool = False
-) -> np.ndarray:
-    """Token-max latent activations per prompt: ``max_acts_PL[p, j] = max_t f_j(x_t(p))``.
-
-    ``acts``: a list of per-prompt raw activations ``acts_TMD`` (tensors or arrays, T tokens each, M models in the
-    crosscoder's order). ``latents`` restricts the columns. Empty prompts give zeros."""
-    acts = list(acts)
-    L = cc.W_dec_LMD.shape[0] if latents is None else len(latents)
-    out = np.zeros((len(acts), L), dtype=np.float32)
-    idx = None if latents is None else torch.as_tensor(np.asarray(latents, dtype=np.int64))
-    with progress_bar(progress, "prompt max activations", len(acts)) as advance:
-        for p, a in enumerate(acts):
-            a = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
-            if a.shape[0]:
-                _, f = encode_batch(cc, a)
-                if idx is not None:
-                    f = f[:, idx]
-                out[p] = f.max(0).values.float().numpy()
-            advance(1)
-    return out
 
 
 def store_prompt_max_acts(

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from lm_diff.errors import UserError
 from lm_diff.plugins.hookspecs import hookimpl
-from lm_diff.plugins.manager import hook
+from lm_diff.plugins.manager import hook, merged_by_name, merged_mapping
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,7 @@ def plugin_task_categories() -> dict[str, str]:
 
     Keys are task/group names or ``fnmatch`` patterns (``belebele_*``).
     """
-    merged: dict[str, str] = {}
-    for result in hook().lm_diff_task_categories():
-        for k, v in (result or {}).items():
-            merged.setdefault(str(k), str(v))
-    return merged
+    return {k: str(v) for k, v in merged_mapping(hook().lm_diff_task_categories()).items()}
 
 
 def lookup_category(name: str, mapping: Mapping[str, str]) -> Optional[str]:
@@ -149,7 +145,7 @@ def taxonomy_names(taxonomy: Optional[Iterable[Any]] = None) -> list[str]:
     """Category names of ``taxonomy`` (names or ``Category`` objects); None = every ``lm_diff_taxonomy`` hook's
     categories for no config (the packaged taxonomy plus plugins)."""
     if taxonomy is None:
-        taxonomy = [c for result in hook().lm_diff_taxonomy(config=None) for c in (result or [])]
+        taxonomy = merged_by_name(hook().lm_diff_taxonomy(config=None))
     return list(dict.fromkeys(c if isinstance(c, str) else c.name for c in taxonomy))
 
 

@@ -12,7 +12,7 @@ import yaml
 from lm_diff.config import packaged_configs_dir
 from lm_diff.errors import ConfigError
 from lm_diff.plugins.hookspecs import hookimpl
-from lm_diff.plugins.manager import hook
+from lm_diff.plugins.manager import hook, merged_by_name
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -58,11 +58,7 @@ def load_taxonomy_file(path: str | Path) -> list[Category]:
 
 def get_taxonomy(config=None) -> list[Category]:
     """All categories from every ``lm_diff_taxonomy`` hook, first definition of a name wins."""
-    merged: dict[str, Category] = {}
-    for result in hook().lm_diff_taxonomy(config=config):
-        for cat in result or []:
-            merged.setdefault(cat.name, cat)
-    return list(merged.values())
+    return merged_by_name(hook().lm_diff_taxonomy(config=config))
 
 
 @hookimpl

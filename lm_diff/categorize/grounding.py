@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from lm_diff.categorize.prompts import NEUTRAL, load_grounding_jsonl, validate_prompts
-from lm_diff.categorize.taxonomy import get_taxonomy
+from lm_diff.categorize.taxonomy import category_names, get_taxonomy
 from lm_diff.diff.table import encode_batch, iter_store, progress_bar
 from lm_diff.errors import UserError
 from lm_diff.plugins.manager import hook
@@ -45,10 +45,6 @@ __all__ = [
     "load_grounding_jsonl",
     "validate_prompts",
 ]
-
-
-def _names(taxonomy: Any) -> list[str]:
-    return [c if isinstance(c, str) else c.name for c in (taxonomy or [])]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -142,7 +138,7 @@ def grounded_assign(
     P, L = X.shape
     if len(prompt_categories) != P:
         raise ValueError(f"{len(prompt_categories)} prompt categories for {P} prompts")
-    names = _names(taxonomy)
+    names = category_names(taxonomy)
     labels = [[c] if isinstance(c, str) else list(c) for c in prompt_categories]
     validate_prompts([{"category": c} for ls in labels for c in ls], names, neutral=neutral)
     lat = np.arange(L) if latents is None else np.asarray(latents)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from lm_diff.categorize.taxonomy import category_names
 from lm_diff.errors import UserError
 from lm_diff.organisms import grounding_prompts as organism_grounding_prompts
 from lm_diff.plugins.hookspecs import hookimpl
@@ -20,13 +21,9 @@ NEUTRAL = "neutral"
 """Label of background prompts (the negatives of the grounded enrichment test)."""
 
 
-def _names(taxonomy: Any) -> list[str]:
-    return [c if isinstance(c, str) else c.name for c in (taxonomy or [])]
-
-
 def validate_prompts(prompts: Sequence[Mapping[str, Any]], taxonomy: Any, neutral: str = NEUTRAL, where: str = "grounding prompts") -> None:
     """Raise UserError naming the first prompt whose category is not in the taxonomy (or ``neutral``)."""
-    names = set(_names(taxonomy))
+    names = set(category_names(taxonomy))
     for i, p in enumerate(prompts):
         c = p.get("category")
         if c != neutral and c not in names:
@@ -72,7 +69,7 @@ def lm_diff_grounding_prompts(config, taxonomy):
         where = "built-in grounding prompts (lm_diff.organisms)"
         if taxonomy is not None:
             # The built-in set covers the default taxonomy; a custom taxonomy keeps the categories it shares with it.
-            names = set(_names(taxonomy)) | {NEUTRAL}
+            names = set(category_names(taxonomy)) | {NEUTRAL}
             prompts = [p for p in prompts if p["category"] in names]
             if not any(p["category"] != NEUTRAL for p in prompts):
                 # Nothing to contribute for this taxonomy; another plugin may ground it (the pipeline errors if none does).

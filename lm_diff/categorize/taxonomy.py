@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -25,6 +25,11 @@ class Category:
     """One-line description (also shown to LLM annotators)."""
     parent: Optional[str] = None
     """Optional parent group (e.g. ``technical`` for code and math)."""
+
+
+def category_names(taxonomy: Optional[Iterable[Any]]) -> list[str]:
+    """Names of a taxonomy given as ``Category`` objects or plain names (None = no categories)."""
+    return [c if isinstance(c, str) else c.name for c in (taxonomy or [])]
 
 
 def load_taxonomy_file(path: str | Path) -> list[Category]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from lm_diff.errors import UserError
 
 
 @contextlib.contextmanager
@@ -72,8 +75,6 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def read_jsonl(path: str | os.PathLike, fix: str = "") -> list[dict]:
     """Rows of a JSON-lines file (blank lines skipped); a bad line raises one UserError naming file, line and ``fix``."""
-    from lm_diff.errors import UserError
-
     rows = []
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh, 1):
@@ -89,8 +90,6 @@ def read_jsonl(path: str | os.PathLike, fix: str = "") -> list[dict]:
 
 def _jsonable(obj: Any) -> Any:
     """Convert numpy/torch scalars, paths and NaN/inf into plain JSON values."""
-    import math
-
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -108,7 +107,7 @@ def _jsonable(obj: Any) -> Any:
 
 def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
     """Save a dict of tensors atomically as safetensors (never pickle)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # noqa: PLC0415 - imports torch (seconds); io is imported everywhere
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path, suffix=".safetensors") as tmp:

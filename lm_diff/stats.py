@@ -1,35 +1,25 @@
 """Pure statistics used by the diff, shift and link stages.
 
-Every function takes plain numbers / numpy arrays, has no side effects, and is tested against hand-computed values.
-scipy is used where it does the job (Fisher exact, Mann-Whitney, normal quantiles, point-biserial); the vectorised
-Mann-Whitney over many latents at once is ours (one sort per column, normal approximation with tie correction and a
-continuity correction, matching ``scipy.stats.mannwhitneyu(method="asymptotic")``).
+Every function takes plain numbers / numpy arrays, has no side effects, and is tested against hand-computed values
+or scipy. scipy does the job wherever it can: Benjamini-Hochberg (``false_discovery_control``), Fisher exact,
+Mann-Whitney over many latents at once (``mannwhitneyu(axis=0)``), normal quantiles, point-biserial. Hand-written is
+only what no library offers: the Katz log interval of a share ratio with Haldane's correction, the bootstraps
+(paired, hierarchical over seeds then units, cluster), the label-permutation nulls of the category shift, Cohen's
+kappa on arbitrary hashable labels without scikit-learn (not a dependency).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 from scipy import stats as _st
 
 __all__ = [
-    "Interval",
-    "bh_qvalues",
-    "count_ratio",
-    "share_ratio",
-    "katz_share_ratio_ci",
-    "fisher_exact",
-    "mannwhitney_auroc",
-    "mannwhitney_auroc_columns",
-    "bootstrap_mean_ci",
-    "paired_bootstrap_diff",
-    "hierarchical_bootstrap",
-    "permutation_shift_null",
-    "cluster_shift",
-    "cohens_kappa",
-    "point_biserial",
-    "z_value",
+    "Interval", "bh_qvalues", "count_ratio", "share_ratio", "katz_share_ratio_ci", "fisher_exact",
+    "mannwhitney_auroc_columns", "bootstrap_mean_ci", "paired_bootstrap_diff", "hierarchical_bootstrap", "permutation_shift_null",
+    "cluster_shift", "cohens_kappa", "point_biserial", "z_value",
 ]
 
 
@@ -55,25 +45,15 @@ def z_value(confidence: float = 0.95) -> float:
 def bh_qvalues(p: Sequence[float] | np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q-values (step-up adjusted p-values), same shape as ``p``.
 
-    q_(i) = min_{k >= i} min(1, m p_(k) / k) over the sorted p-values; NaN p-values are ignored (m counts only the
-    finite ones) and stay NaN. Reject at FDR level alpha where q <= alpha.
+    q_(i) = min_{k >= i} min(1, m p_(k) / k) over the sorted p-values (``scipy.stats.false_discovery_control``);
+    NaN p-values are ignored (m counts only the finite ones) and stay NaN. Reject at FDR level alpha where q <= alpha.
     """
     p = np.asarray(p, dtype=float)
-    shape = p.shape
-    flat = p.ravel()
-    q = np.full(flat.shape, np.nan)
-    ok = np.isfinite(flat)
-    m = int(ok.sum())
-    if m == 0:
-        return q.reshape(shape)
-    pv = flat[ok]
-    order = np.argsort(pv, kind="stable")
-    ranked = pv[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.clip(ranked, 0.0, 1.0)
-    q[ok] = out
-    return q.reshape(shape)
+    q = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = _st.false_discovery_control(np.clip(p[ok], 0.0, 1.0), method="bh")
+    return q
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -111,6 +91,9 @@ def katz_share_ratio_ci(
     ``zero`` does so only when a cell is zero; ``never`` uses raw counts (infinite bounds when a count is zero).
     The estimate returned is the *raw* ratio (n_S/N_S)/(n_T/N_T); with ``always`` the interval is centred on the
     corrected ratio, so for tiny counts the raw estimate can sit off-centre. Soft (non-integer) counts are allowed.
+
+    Hand-written because ``scipy.stats.contingency.relative_risk`` (the same Katz interval) takes integer counts only,
+    so it can do neither soft labels nor Haldane's +1/2; with integer counts and ``haldane="never"`` the two agree.
     """
     if haldane not in ("always", "zero", "never"):
         raise ValueError(f"haldane must be 'always', 'zero' or 'never', got {haldane!r}")
@@ -146,69 +129,28 @@ def fisher_exact(n_S: float, N_S: float, n_T: float, N_T: float, alternative: st
 # Mann-Whitney U / AUROC
 
 
-def mannwhitney_auroc(pos: Sequence[float], neg: Sequence[float], alternative: str = "greater") -> tuple[float, float]:
-    """AUROC = P[pos > neg] + 1/2 P[pos = neg] (= U / (n_pos n_neg), ties count half) and the one-sided
-    Mann-Whitney p-value (scipy, ``alternative='greater'`` tests pos stochastically larger). NaN if a side is empty."""
-    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan"), float("nan")
-    res = _st.mannwhitneyu(pos, neg, alternative=alternative)
-    return float(res.statistic / (len(pos) * len(neg))), float(res.pvalue)
-
-
 def mannwhitney_auroc_columns(
     pos_PL: np.ndarray, neg_PL: np.ndarray, alternative: str = "greater", continuity: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised AUROC and Mann-Whitney p-value for every column (latent) at once.
+    """AUROC and Mann-Whitney p-value for every column (latent) at once.
 
-    pos_PL: [n1, L] scores of the positive group, neg_PL: [n0, L] of the negative group. One argsort per column
-    gives average ranks and tie sizes; U = R_pos - n1(n1+1)/2, AUROC = U/(n1 n0); the p-value uses the normal
-    approximation with tie correction sigma^2 = n1 n0/12 ((n+1) - sum(t^3 - t)/(n(n-1))) and a 0.5 continuity
-    correction, i.e. scipy's ``mannwhitneyu(method="asymptotic")``. Columns that are constant give AUROC 0.5, p = 1.
+    pos_PL: [n1, L] scores of the positive group, neg_PL: [n0, L] of the negative group (1-d arrays are one column).
+    AUROC = U / (n1 n0) = P[pos > neg] + 1/2 P[pos = neg]; the p-value is ``scipy.stats.mannwhitneyu(axis=0,
+    method="asymptotic")``: the normal approximation with tie correction and (``continuity``) a 0.5 continuity
+    correction; ``alternative="greater"`` tests pos stochastically larger. A constant column gives AUROC 0.5, p = 1;
+    an empty group gives NaN.
     """
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be greater, less or two-sided, got {alternative!r}")
     pos = np.asarray(pos_PL, dtype=np.float64)
     neg = np.asarray(neg_PL, dtype=np.float64)
     if pos.ndim == 1:
         pos, neg = pos[:, None], neg[:, None]
-    n1, n0 = pos.shape[0], neg.shape[0]
-    L = pos.shape[1]
+    n1, n0, L = pos.shape[0], neg.shape[0], pos.shape[1]
     if n1 == 0 or n0 == 0:
         return np.full(L, np.nan), np.full(L, np.nan)
-    X = np.concatenate([pos, neg], axis=0)
-    n = n1 + n0
-    order = np.argsort(X, axis=0, kind="stable")
-    Xs = np.take_along_axis(X, order, axis=0)
-    idx = np.broadcast_to(np.arange(n)[:, None], (n, L))
-    new = np.ones((n, L), dtype=bool)
-    new[1:] = Xs[1:] != Xs[:-1]
-    end = np.ones((n, L), dtype=bool)
-    end[:-1] = new[1:]
-    start_i = np.maximum.accumulate(np.where(new, idx, 0), axis=0)
-    end_i = np.minimum.accumulate(np.where(end, idx, n - 1)[::-1], axis=0)[::-1]
-    avg_rank = (start_i + end_i) / 2.0 + 1.0
-    t = (end_i - start_i + 1).astype(np.float64)
-    tie_term = (t * t - 1.0).sum(axis=0)  # = sum over tie groups of t^3 - t
-    r_pos = np.where(order < n1, avg_rank, 0.0).sum(axis=0)
-    U = r_pos - n1 * (n1 + 1) / 2.0
-    auroc = U / (n1 * n0)
-    mu = n1 * n0 / 2.0
-    var = n1 * n0 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else np.zeros(L)
-    sd = np.sqrt(np.maximum(var, 0.0))
-    if alternative == "greater":
-        num = U - mu - (0.5 if continuity else 0.0)
-    elif alternative == "less":
-        num = mu - U - (0.5 if continuity else 0.0)
-    elif alternative == "two-sided":
-        num = np.abs(U - mu) - (0.5 if continuity else 0.0)
-    else:
-        raise ValueError(f"alternative must be greater, less or two-sided, got {alternative!r}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(sd > 0, num / np.where(sd > 0, sd, 1.0), -np.inf)
-    p = _st.norm.sf(z)
-    if alternative == "two-sided":
-        p = np.minimum(2 * p, 1.0)
-    p = np.where(sd > 0, p, 1.0)
-    return auroc, p
+    res = _st.mannwhitneyu(pos, neg, alternative=alternative, use_continuity=continuity, axis=0, method="asymptotic")
+    return np.asarray(res.statistic, dtype=np.float64) / (n1 * n0), np.asarray(res.pvalue, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -217,8 +159,6 @@ def mannwhitney_auroc_columns(
 
 def _percentile(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval ignoring NaN resamples (all-NaN columns give NaN without a warning)."""
-    import warnings
-
     a = (1 - confidence) / 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -397,7 +337,12 @@ def cluster_shift(
 def cohens_kappa(a: Sequence[Any], b: Sequence[Any], labels: Optional[Sequence[Any]] = None) -> float:
     """Cohen's kappa between two raters' labels on the same items: (p_o - p_e) / (1 - p_e).
 
-    1 when the raters agree perfectly; NaN when p_e = 1 (both raters use one label only)."""
+    p_o is the observed agreement, p_e the chance agreement from the two raters' marginals (``labels``, if given,
+    fixes the label set; a label outside it is a ValueError). 1 when the raters agree perfectly, 0 at chance level.
+    Degenerate case: when both raters use one and the same label, p_e = p_o = 1 and kappa is 0/0, undefined; this
+    returns NaN, like ``sklearn.metrics.cohen_kappa_score`` (its ``replace_undefined_by`` default), because there is
+    no variation from which to tell agreement from chance. NaN for no items as well.
+    """
     a, b = list(a), list(b)
     if len(a) != len(b):
         raise ValueError(f"raters must label the same items, got {len(a)} and {len(b)} labels")
@@ -405,6 +350,9 @@ def cohens_kappa(a: Sequence[Any], b: Sequence[Any], labels: Optional[Sequence[A
         return float("nan")
     cats = list(labels) if labels is not None else sorted(set(a) | set(b), key=str)
     index = {c: i for i, c in enumerate(cats)}
+    outside = [x for x in a + b if x not in index]
+    if outside:
+        raise ValueError(f"label {outside[0]!r} is not in labels {cats}")
     m = np.zeros((len(cats), len(cats)))
     for x, y in zip(a, b):
         m[index[x], index[y]] += 1

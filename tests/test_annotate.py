@@ -12,15 +12,16 @@ import pytest
 
 from lm_diff.categorize.annotate import (
     annotate_latents,
-    cohen_kappa,
     compare_with_grounded,
     detection_metrics,
+    split_examples,
+)
+from lm_diff.categorize.llm_messages import (
     explain_messages,
     format_activating,
     normalise_category,
     parse_detection,
     parse_explanation,
-    split_examples,
 )
 from lm_diff.categorize.taxonomy import load_taxonomy_file
 from lm_diff.config import AnnotatorConfig, packaged_configs_dir
@@ -218,17 +219,16 @@ def test_f1_threshold_filter(server):
     assert list(capped["latent"]) == [1, 2]
 
 
-def test_cohen_kappa_toy_case():
-    llm = ["code", "code", "math", "none", "math", "code"]
-    grounded = ["code", "math", "math", "none", "none", "code"]
-    # p_o = 4/6; marginals llm (3,2,1), grounded (2,2,2): p_e = (6+4+2)/36 = 1/3; kappa = (2/3-1/3)/(2/3) = 0.5
-    assert cohen_kappa(llm, grounded) == pytest.approx(0.5)
-    assert cohen_kappa(["a", "b"], ["a", "b"]) == pytest.approx(1.0)
-    assert cohen_kappa(["a", "a"], ["a", "a"]) == 1.0
-    assert cohen_kappa(["a", "b"], ["b", "a"]) == pytest.approx(-1.0)
-    assert math.isnan(cohen_kappa([], []))
-    with pytest.raises(ValueError):
-        cohen_kappa(["a"], [])
+def test_compare_with_grounded_uses_the_one_kappa_and_its_degenerate_case():
+    # Both sides label every kept latent "none": kappa is 0/0 -> NaN (stats.cohens_kappa, as sklearn), agreement 1.
+    ann = pd.DataFrame({"latent": [1, 2, 3], "category": ["none"] * 3, "kept": [True, True, False]})
+    grounded = pd.DataFrame({"latent": [1], "category": ["code"], "auroc": [0.6], "assigned": [False]})
+    out = compare_with_grounded(ann, grounded)
+    assert out["n"] == 2 and out["agreement"] == 1.0 and math.isnan(out["kappa"])
+    # llm (code, math) vs grounded (code, none): p_o = 1/2, p_e = 1/4 -> kappa 1/3
+    ann = pd.DataFrame({"latent": [1, 2], "category": ["code", "math"], "kept": [True, True]})
+    grounded = pd.DataFrame({"latent": [1, 2], "category": ["code", "math"], "auroc": [0.9, 0.8], "assigned": [True, False]})
+    assert compare_with_grounded(ann, grounded)["kappa"] == pytest.approx(1 / 3)
 
 
 def test_compare_with_grounded(server):
@@ -327,7 +327,7 @@ def test_local_hf_backend(tmp_path):
         from .helpers import make_tiny_model, make_tokenizer
     except ImportError:
         from helpers import make_tiny_model, make_tokenizer
-    from lm_diff.categorize.annotate import HFChat
+    from lm_diff.categorize.llm_backends import HFChat
 
     tok = make_tokenizer(tmp_path / "m")
     make_tiny_model("llama", layers=1, hidden=32, vocab_size=len(tok), out=tmp_path / "m")

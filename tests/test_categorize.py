@@ -82,13 +82,8 @@ def test_vectorised_speed():
     assert time.time() - t < 20  # a few seconds on one free core
 
 
-def test_prompt_max_acts_list_and_store():
+def test_store_prompt_max_acts():
     cc, store, a = planted(n=200)
-    acts = [store.acts[:50], store.acts[50:120], store.acts[:0]]
-    m = C.prompt_max_acts(cc, acts)
-    assert m.shape == (3, 6)
-    assert m[0, 0] == pytest.approx(a[:50, 0].max(), rel=1e-5) and (m[2] == 0).all()
-    assert C.prompt_max_acts(cc, acts, latents=[1]).shape == (3, 1)
     ids, M = C.store_prompt_max_acts(cc, store, 0, (0, 1), batch_size=64)
     assert list(ids) == [0, 1, 2, 3]  # doc_id = token // 50
     assert M[1, 0] == pytest.approx(a[50:100, 0].max(), rel=1e-5)

@@ -80,3 +80,18 @@ def test_builtin_taxonomy_has_seed_categories():
                      "hallucination", "self_reference", "query_classification", "structured_output", "code", "math"]:
         assert expected in names
     assert all(isinstance(c, Category) and c.description for c in get_taxonomy())
+
+
+def test_hook_result_mergers_first_plugin_wins():
+    from lm_diff.plugins.manager import merged_by_name, merged_mapping
+
+    assert merged_mapping([{"a": 1, 2: "x"}, None, {"a": 9, "b": 3}]) == {"a": 1, "2": "x", "b": 3}
+    first, second = Category("code", "first"), Category("code", "second")
+    assert merged_by_name([[first], None, [second, Category("math", "m")]]) == [first, Category("math", "m")]
+
+
+def test_every_default_plugin_is_registered():
+    from lm_diff.plugins.manager import DEFAULT_PLUGINS, list_plugins
+
+    rows = {r["name"]: r for r in list_plugins()}
+    assert all(rows[name]["builtin"] and rows[name]["hooks"] for name in DEFAULT_PLUGINS)

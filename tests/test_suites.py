@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -89,11 +87,7 @@ def test_process_generation_uses_organism_checks(monkeypatch):
         seen["row"] = row
         return text.strip() == row["check"]["answer"]
 
-    mod = types.ModuleType("lm_diff.organisms.checks")
-    mod.check = check
-    monkeypatch.setitem(sys.modules, "lm_diff.organisms.checks", mod)
-    if "lm_diff.organisms" not in sys.modules:
-        monkeypatch.setitem(sys.modules, "lm_diff.organisms", types.ModuleType("lm_diff.organisms"))
+    monkeypatch.setattr(suites, "check", check)
     doc = {"id": "x", "prompt": "2+2=", "check": json.dumps({"answer": "4"})}
     assert suites.process_generation(doc, [" 4"]) == {"acc": 1.0}
     assert seen["row"]["check"] == {"answer": "4"}
@@ -130,6 +124,43 @@ def test_task_categories_precedence_tags_and_inline_groups(tmp_path, monkeypatch
     assert suites.task_categories(["t_a"], tm, overrides={"t_a": "code"}) == {"t_a": "code"}
     _write(d / "e.yaml", f"task: t_e\n{mc}")
     assert suites.task_categories(["t_e"], suites.task_manager(extra=[d])) == {}  # undeclared, unmapped
+
+
+def test_task_categories_surface_errors(tmp_path):
+    d = tmp_path / "t"
+    mc = "output_type: multiple_choice\ndataset_path: json\ndoc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: [a]\n"
+    _write(d / "ok.yaml", f"task: t_ok\n{mc}metadata:\n  category: code\n")
+    _write(d / "poem.yaml", f"task: t_poem\n{mc}metadata:\n  category: poetry\n")  # not in the taxonomy
+    _write(d / "broken.yaml", f"task: t_broken\n{mc}doc_to_text: [unclosed\n")  # lm-eval skips what it cannot parse
+    _write(d / "g_bad.yaml", "group: g_bad\ntask: [t_ok, t_gone]\n")  # lists a task the index lacks
+    tm = suites.task_manager(extra=[d])
+    assert suites.task_categories(["t_ok"], tm) == {"t_ok": "code"}
+    with pytest.raises(suites.UserError, match=r"unknown tasks 't_typo', 't_broken'.*benchmarks\.include_path") as info:
+        suites.task_categories(["t_ok", "t_typo", "t_broken"], tm)
+    assert str(d) in str(info.value)  # names where it looked
+    with pytest.raises(suites.UserError, match=r"group lists 't_gone'"):
+        suites.task_categories(["g_bad"], tm)
+    with pytest.raises(suites.UserError, match=r"task 't_poem' is mapped to category 'poetry' \(by metadata\.category of t_poem\)"):
+        suites.task_categories(["t_poem"], tm)
+    with pytest.raises(suites.UserError, match=r"'t_ok' is mapped to category 'cooking' \(by benchmarks\.task_categories\)"):
+        suites.task_categories(["t_ok"], tm, overrides={"t_ok": "cooking"})
+    assert suites.task_categories(["t_poem"], tm, taxonomy=["poetry"]) == {"t_poem": "poetry"}  # a configured taxonomy
+
+
+def test_task_categories_from_a_results_file():
+    """Task names read from a results file: tasks outside the index are known through its configs (declared
+    category) and group_subtasks (enclosing group for overrides and the plugin mapping)."""
+    tm = suites.task_manager()  # lm_diff's own tasks only: gsm8k and my_task are not indexed
+    results = {
+        "configs": {"my_task": {"task": "my_task", "metadata": {"category": "safety"}}, "gsm8k": {"task": "gsm8k"},
+                    "sub_a": {"task": "sub_a"}, "plain": {"task": "plain"}},
+        "group_subtasks": {"my_group": ["sub_a"]},
+    }
+    names = ["my_task", "gsm8k", "sub_a", "plain"]
+    got = suites.task_categories(names, tm, {"my_group": "math"}, results=results)
+    assert got == {"my_task": "safety", "gsm8k": "math", "sub_a": "math"}  # plain: known, no category -> left out
+    with pytest.raises(suites.UserError, match=r"unknown task 'other'.*nor in the results file"):
+        suites.task_categories(["other"], tm, results=results)
 
 
 def test_builtin_task_category_plugin_is_registered():

@@ -15,49 +15,30 @@ stock ``lm_eval --tasks diff_demo`` finds it with no flags). In a source checkou
 
 from __future__ import annotations
 
-import fnmatch
+import argparse
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
+from lm_diff.bench.categories import categories_from_index, group_children, lookup_category, plugin_task_categories
+from lm_diff.bench.demo_yamls import demo_index, render_demo_yamls, write_demo_yamls
+from lm_diff.bench.paths import DATA_ENV, SUITES, data_root, resolve_data_file, tasks_dir
 from lm_diff.errors import UserError
 from lm_diff.io import read_jsonl
+from lm_diff.organisms.checks import check
 
-log = logging.getLogger(__name__)
-
-_PKG_DIR = Path(__file__).resolve().parent.parent
-DATA_ENV = "LM_DIFF_DATA_DIR"
-"""Environment variable: a directory that replaces ``lm_diff/data`` as the root of ``data_file`` (development, tests)."""
-
-SUITES = ("diff_demo", "diff_gemma")
-
+__all__ = [  # re-exported: lm-eval task YAML, the pyproject entry point and callers use these paths
+    "DATA_ENV", "data_root", "tasks_dir", "resolve_data_file", "lookup_category", "plugin_task_categories",
+    "demo_index", "render_demo_yamls", "write_demo_yamls",
+    "task_manager", "bench_task_manager", "needs_defaults", "load_split", "decode_row", "process_generation",
+    "task_categories", "task_prompts", "quiet_own_overrides", "main",
+]
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Paths and the task manager
-
-
-def tasks_dir() -> Path:
-    """The directory holding lm_diff's task YAML: ``lm_diff/_tasks`` in an installed wheel, else the repo's ``tasks/``."""
-    inside = _PKG_DIR / "_tasks"
-    if inside.is_dir():
-        return inside
-    repo = _PKG_DIR.parent / "tasks"
-    if repo.is_dir():
-        return repo
-    raise UserError(f"lm_diff's task YAML is missing (looked in {inside} and {repo}); reinstall lm_diff")
-
-
-def data_root() -> Path:
-    """Root of ``dataset_kwargs.data_file`` paths: ``$LM_DIFF_DATA_DIR`` if set, else the package's ``lm_diff/data``."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    import importlib.resources
-
-    return Path(str(importlib.resources.files("lm_diff") / "data"))
+# The task manager (lm-eval imported lazily: `python -m lm_diff.bench.suites path` must stay instant)
 
 
 class _OwnOverrideFilter(logging.Filter):
@@ -96,7 +77,7 @@ def task_manager(extra: Optional[Iterable[str | os.PathLike]] = None, include_de
     ``include_defaults=False`` (the default) skips indexing lm-eval's ~14,700 built-in tasks (~10-15 s); pass True
     for suites that reference upstream tasks (``diff_gemma``).
     """
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # noqa: PLC0415 - heavy (seconds); `suites path` and tasks_dir stay instant
 
     quiet_own_overrides()
     paths: list[str] = [str(tasks_dir())]
@@ -126,7 +107,7 @@ def needs_defaults(task_names: Iterable[str], extra: Optional[Iterable[str]] = N
         if kind == "TAG":
             return any(missing(t) for t in entry.tags)
         if kind == "GROUP":
-            return any(missing(c) for c in _group_children(name, entry.cfg or {}, idx) if isinstance(c, str))
+            return any(missing(c) for c in group_children(name, entry.cfg or {}, idx) if isinstance(c, str))
         return False
 
     return any(missing(n) for n in task_names)
@@ -134,17 +115,6 @@ def needs_defaults(task_names: Iterable[str], extra: Optional[Iterable[str]] = N
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Functions referenced from task YAML (!function lm_diff.bench.suites.*)
-
-
-def resolve_data_file(data_file: str | os.PathLike) -> Path:
-    p = Path(data_file)
-    if not p.is_absolute():
-        p = data_root() / p
-    if not p.is_file():
-        raise UserError(
-            f"task data file {p} not found; reinstall lm_diff, or set {DATA_ENV} to a directory holding {data_file}"
-        )
-    return p
 
 
 def load_split(data_file: str, split: str = "test", **_: Any):
@@ -155,7 +125,7 @@ def load_split(data_file: str, split: str = "test", **_: Any):
     with differently-shaped dicts do not get merged into one Arrow struct (which would add ``None`` keys);
     :func:`process_generation` decodes them again. No Arrow cache is written.
     """
-    import datasets
+    import datasets  # noqa: PLC0415 - heavy (seconds); lm-eval has imported it by the time it calls this
 
     rows = read_jsonl(resolve_data_file(data_file))
     if not rows:
@@ -191,8 +161,6 @@ def process_generation(doc: dict, results: list) -> dict[str, float]:
 
     ``results[0]`` is the generated string; the check is ``lm_diff.organisms.checks.check(row, text) -> bool``.
     """
-    from lm_diff.organisms.checks import check
-
     text = results[0] if results else ""
     if not isinstance(text, str):  # repeats > 1 or a filter that returns a list
         text = text[0] if text else ""
@@ -203,59 +171,6 @@ def process_generation(doc: dict, results: list) -> dict[str, float]:
 # Categories
 
 
-def _group_children(group: str, cfg: dict, idx: dict) -> list:
-    """Children of a group config as ``str`` names or ``(name, inline_cfg, kind)`` tuples for inline definitions."""
-    out: list = []
-    items = cfg.get("task") or []
-    if isinstance(items, str):
-        items = [items]
-    for item in items:
-        if isinstance(item, str):
-            out.append(item if item in idx else f"{group}::{item}")
-        elif isinstance(item, dict) and "group" in item:
-            name = item["group"]
-            out.append(name if name in idx else (f"{group}::{name}", item, "GROUP"))
-        elif isinstance(item, dict) and "task" in item:
-            name = item["task"]
-            out.append(name if name in idx else (f"{group}::{name}", item, "TASK"))
-    return out
-
-
-def _declared(cfg: Optional[dict]) -> Optional[str]:
-    meta = (cfg or {}).get("metadata")
-    if isinstance(meta, dict) and isinstance(meta.get("category"), str):
-        return meta["category"]
-    return None
-
-
-def plugin_task_categories() -> dict[str, str]:
-    """Merged ``lm_diff_task_categories`` hook results; a plugin called earlier (third-party) wins over built-ins.
-
-    Keys are task/group names or ``fnmatch`` patterns (``belebele_*``).
-    """
-    from lm_diff.plugins.manager import hook
-
-    merged: dict[str, str] = {}
-    for result in hook().lm_diff_task_categories():
-        for k, v in (result or {}).items():
-            merged.setdefault(str(k), str(v))
-    return merged
-
-
-def lookup_category(name: str, mapping: dict[str, str]) -> Optional[str]:
-    """Category of task/group ``name`` (or its ``parent::child`` leaf) in ``mapping``; keys may be fnmatch patterns."""
-    if not mapping:
-        return None
-    base = name.split("::")[-1]
-    for n in (name, base):
-        if n in mapping:
-            return mapping[n]
-    for pat, cat in mapping.items():
-        if any(ch in pat for ch in "*?[") and (fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(base, pat)):
-            return cat
-    return None
-
-
 def bench_task_manager(cfg: Any):
     """lm-eval TaskManager for the configured suite: lm_diff's tasks + include_path, built-ins only if needed."""
     extra = [str(cfg.resolve_path(p)) for p in cfg.benchmarks.include_path]
@@ -263,81 +178,29 @@ def bench_task_manager(cfg: Any):
 
 
 def task_categories(
-    task_names: Iterable[str], task_manager=None, overrides: Optional[dict[str, str]] = None
+    task_names: Iterable[str],
+    task_manager=None,
+    overrides: Optional[Mapping[str, str]] = None,
+    *,
+    results: Optional[Mapping[str, Any]] = None,
+    taxonomy: Optional[Iterable[Any]] = None,
 ) -> dict[str, str]:
-    """Map every leaf task under ``task_names`` to its capability category, without building any task.
+    """The one task -> capability category resolver: every leaf task under ``task_names`` mapped to its category,
+    without building any task (:func:`lm_diff.bench.categories.categories_from_index` on ``task_manager``'s index).
 
-    Precedence, most specific first: ``overrides`` (e.g. ``benchmarks.task_categories``; task or group names) >
-    ``metadata.category`` declared on the task or its nearest enclosing group > the ``lm_diff_task_categories``
-    plugin mapping for the task or its nearest mapped enclosing group. A leaf requested by its own name (e.g. task
-    names from a results file) also finds the category declared by an indexed group listing it. Leaves with no
-    category are left out (and logged). Leaf names are the names lm-eval reports in results (``parent::child`` for inline children).
+    ``task_manager``: default lm_diff's own tasks. ``overrides``: ``benchmarks.task_categories``. ``results``: an
+    lm-eval results dict, for task names read from a results file (tasks not in the index are known through its
+    ``configs``; ``group_subtasks`` gives their groups). ``taxonomy``: the valid categories (names or ``Category``
+    objects; default: the packaged taxonomy plus plugins), pass ``get_taxonomy(cfg)`` for a configured one.
+    Precedence: overrides > ``metadata.category`` of the task or nearest group > the ``lm_diff_task_categories``
+    plugin mapping. An unknown task, a group listing a missing task, or a category outside the taxonomy is a
+    UserError naming the task; a known task without a category is left out (and logged).
     """
     tm = task_manager if task_manager is not None else globals()["task_manager"]()
-    idx = tm.task_index
-    plugin_map = plugin_task_categories()
-    overrides = dict(overrides or {})
-    out: dict[str, str] = {}
-    unknown: list[str] = []
-    visiting: set[str] = set()
-    parents: dict[str, str] = {}
-
-    def declared_by_parent() -> dict[str, str]:
-        """{task: category} from every indexed group that declares one (for leaves requested by name)."""
-        if not parents:
-            for gname, entry in idx.items():
-                if entry.kind.name == "GROUP" and (cat := _declared(entry.cfg)):
-                    for child in _group_children(gname, entry.cfg or {}, idx):
-                        if isinstance(child, str):
-                            parents.setdefault(child, cat)
-            parents.setdefault("\0", "")  # computed marker
-        return parents
-
-    def walk(node, declared: Optional[str], mapped: Optional[str], forced: Optional[str]) -> None:
-        if isinstance(node, tuple):
-            name, cfg, kind = node
-        else:
-            name = node
-            entry = idx.get(name)
-            if entry is None:
-                if Path(name).is_file():  # a YAML path given to --tasks
-                    from lm_eval.tasks._index import TaskIndex
-                    from lm_eval.tasks._yaml_loader import load_yaml
-
-                    cfg = load_yaml(Path(name), resolve_func=False)
-                    kind = TaskIndex._kind_of(cfg).name
-                    name = cfg.get("group") or cfg.get("task")
-                else:
-                    cfg, kind = None, "TASK"
-            else:
-                cfg, kind = entry.cfg, entry.kind.name
-        if name in visiting:
-            return
-        forced = lookup_category(name, overrides) or forced
-        declared = _declared(cfg) or declared
-        mapped = lookup_category(name, plugin_map) or mapped
-        if kind == "TAG":
-            visiting.add(name)
-            for t in sorted(idx[name].tags):
-                walk(t, declared, mapped, forced)
-            visiting.discard(name)
-        elif kind == "GROUP":
-            visiting.add(name)
-            for child in _group_children(name, cfg or {}, idx):
-                walk(child, declared, mapped, forced)
-            visiting.discard(name)
-        else:
-            cat = forced or declared or declared_by_parent().get(name) or mapped
-            if cat:
-                out[name] = cat
-            else:
-                unknown.append(name)
-
-    for n in task_names:
-        walk(n, None, None, None)
-    if unknown:
-        log.warning("no capability category for %d task(s): %s", len(unknown), ", ".join(sorted(unknown)[:10]))
-    return out
+    paths = getattr(tm, "include_path", None) or []
+    searched = f" (searched {', '.join(map(str, paths if isinstance(paths, list) else [paths]))})" if paths else ""
+    return categories_from_index(task_names, tm.task_index, overrides, results=results, taxonomy=taxonomy,
+                                 searched=searched)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -401,141 +264,8 @@ def task_prompts(
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# diff_demo YAML generation
-
-_HEADER = "# Generated by `python -m lm_diff.bench.suites write-yamls` from lm_diff/data/diff_demo/index.json. Do not edit.\n"
-_OUTPUT_TEMPLATES = {"multiple_choice": "_mc_template_yaml", "generate_until": "_gen_template_yaml"}
-
-
-_MC_TEMPLATE = """\
-output_type: multiple_choice
-custom_dataset: !function lm_diff.bench.suites.load_split
-test_split: test
-doc_to_text: query
-doc_to_choice: choices
-doc_to_target: gold
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
-
-_GEN_TEMPLATE = """\
-output_type: generate_until
-custom_dataset: !function lm_diff.bench.suites.load_split
-test_split: test
-doc_to_text: prompt
-doc_to_target: check
-generation_kwargs:
-  until: ["<|end|>", "<|user|>", "\\n\\n"]
-  max_gen_toks: 32
-  do_sample: false
-process_results: !function lm_diff.bench.suites.process_generation
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
-
-
-def _dump(obj: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=120)
-
-
-def demo_index(index_path: Optional[Path] = None) -> list[dict]:
-    """Entries of ``lm_diff/data/diff_demo/index.json`` (validated)."""
-    path = Path(index_path) if index_path else data_root() / "diff_demo" / "index.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found; build the demo data first (lm_diff.organisms) or pass --index")
-    entries = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(entries, list) or not entries:
-        raise UserError(f"{path}: expected a non-empty JSON list of {{file, task, category, output_type}}")
-    seen = set()
-    for i, e in enumerate(entries):
-        missing = {"file", "task", "category", "output_type"} - set(e)
-        if missing:
-            raise UserError(f"{path}[{i}]: missing {sorted(missing)}")
-        if e["output_type"] not in _OUTPUT_TEMPLATES:
-            raise UserError(f"{path}[{i}]: output_type {e['output_type']!r} is not one of {sorted(_OUTPUT_TEMPLATES)}")
-        if not e["task"].startswith(f"diff_demo_{e['category']}_"):
-            raise UserError(f"{path}[{i}]: task {e['task']!r} must be named diff_demo_{e['category']}_<name>")
-        if e["task"] in seen:
-            raise UserError(f"{path}[{i}]: task {e['task']!r} is listed twice")
-        seen.add(e["task"])
-    return entries
-
-
-def render_demo_yamls(entries: list[dict]) -> dict[str, str]:
-    """File name -> YAML text for the whole ``tasks/diff_demo`` directory."""
-    categories: dict[str, list[str]] = {}
-    for e in entries:
-        categories.setdefault(e["category"], []).append(e["task"])
-    agg = [{"metric": "acc", "aggregation": "mean", "weight_by_size": True}]
-    files: dict[str, str] = {}
-    files["_mc_template_yaml"] = _HEADER + _MC_TEMPLATE
-    files["_gen_template_yaml"] = _HEADER + _GEN_TEMPLATE
-    files["diff_demo.yaml"] = _HEADER + _dump(
-        {
-            "group": "diff_demo",
-            "group_alias": "diff_demo (all categories)",
-            "task": [f"diff_demo_{c}" for c in categories],
-            "aggregate_metric_list": agg,
-            "metadata": {"version": 1.0},
-        }
-    )
-    for cat, tasks in categories.items():
-        files[f"diff_demo_{cat}.yaml"] = _HEADER + _dump(
-            {
-                "group": f"diff_demo_{cat}",
-                "group_alias": cat,
-                "task": tasks,
-                "aggregate_metric_list": agg,
-                "metadata": {"version": 1.0, "category": cat},
-            }
-        )
-    for e in entries:
-        files[f"{e['task']}.yaml"] = _HEADER + _dump(
-            {
-                "include": _OUTPUT_TEMPLATES[e["output_type"]],
-                "task": e["task"],
-                "task_alias": e["task"][len(f"diff_demo_{e['category']}_") :],
-                "dataset_kwargs": {"data_file": f"diff_demo/{e['file']}"},
-            }
-        )
-    return files
-
-
-def write_demo_yamls(out_dir: Optional[Path] = None, index_path: Optional[Path] = None, check: bool = False) -> list[str]:
-    """Write (or with ``check``, compare) ``tasks/diff_demo``; returns the names of files that changed/differ."""
-    from lm_diff.io import write_text
-
-    out = Path(out_dir) if out_dir else _PKG_DIR.parent / "tasks" / "diff_demo"
-    files = render_demo_yamls(demo_index(index_path))
-    changed = []
-    for name, text in files.items():
-        p = out / name
-        if not p.exists() or p.read_text(encoding="utf-8") != text:
-            changed.append(name)
-            if not check:
-                write_text(p, text)
-    stale = sorted(p.name for p in out.glob("*yaml") if p.name not in files) if out.is_dir() else []
-    for name in stale:
-        changed.append(name)
-        if not check:
-            (out / name).unlink()
-    return changed
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    import argparse
-
+    """``python -m lm_diff.bench.suites write-yamls [--check] | path``."""
     p = argparse.ArgumentParser(prog="python -m lm_diff.bench.suites", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("write-yamls", help="regenerate tasks/diff_demo from lm_diff/data/diff_demo/index.json")

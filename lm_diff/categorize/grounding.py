@@ -12,33 +12,32 @@ share (the chat template, a common answer prefix) to every category at once. On 
 latents were counted in 10 of 11 categories, which inflated every category's count in the fine-tune-specific set.
 A latent that genuinely serves two categories still passes: the rest pool is dominated by the other categories.
 
-Speed: all latents of one category are tested at once (``stats.mannwhitney_auroc_columns``: one argsort per column,
-normal approximation with tie correction and continuity correction, identical to scipy's asymptotic method), so
-8k latents × 1k prompts takes a few seconds. The exact MW test is not used: with hundreds of prompts the normal
+Speed: all latents of one category are tested at once (``stats.mannwhitney_auroc_columns``: scipy's
+``mannwhitneyu(axis=0)``, normal approximation with tie correction and continuity correction), so 8k latents × 1k
+prompts takes a few seconds. The exact MW test is not used: with hundreds of prompts the normal
 approximation is accurate, and latents that never fire on either set are constant columns (AUROC 0.5, p = 1).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from lm_diff.categorize.prompts import NEUTRAL, load_grounding_jsonl, validate_prompts
+from lm_diff.categorize.taxonomy import category_names, get_taxonomy
 from lm_diff.diff.table import encode_batch, iter_store, progress_bar
 from lm_diff.errors import UserError
+from lm_diff.plugins.manager import hook
 from lm_diff.stats import bh_qvalues, mannwhitney_auroc_columns
 
-NEUTRAL = "neutral"
 UNASSIGNED = "unassigned"
 
 __all__ = [
     "NEUTRAL",
     "UNASSIGNED",
-    "prompt_max_acts",
     "store_prompt_max_acts",
     "grounded_assign",
     "latent_labels",
@@ -48,35 +47,8 @@ __all__ = [
 ]
 
 
-def _names(taxonomy: Any) -> list[str]:
-    return [c if isinstance(c, str) else c.name for c in (taxonomy or [])]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Max activations per prompt
-
-
-def prompt_max_acts(
-    cc: Any, acts: Iterable[Any], latents: Optional[Sequence[int]] = None, progress: bool = False
-) -> np.ndarray:
-    """Token-max latent activations per prompt: ``max_acts_PL[p, j] = max_t f_j(x_t(p))``.
-
-    ``acts``: a list of per-prompt raw activations ``acts_TMD`` (tensors or arrays, T tokens each, M models in the
-    crosscoder's order). ``latents`` restricts the columns. Empty prompts give zeros."""
-    acts = list(acts)
-    L = cc.W_dec_LMD.shape[0] if latents is None else len(latents)
-    out = np.zeros((len(acts), L), dtype=np.float32)
-    idx = None if latents is None else torch.as_tensor(np.asarray(latents, dtype=np.int64))
-    with progress_bar(progress, "prompt max activations", len(acts)) as advance:
-        for p, a in enumerate(acts):
-            a = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
-            if a.shape[0]:
-                _, f = encode_batch(cc, a)
-                if idx is not None:
-                    f = f[:, idx]
-                out[p] = f.max(0).values.float().numpy()
-            advance(1)
-    return out
 
 
 def store_prompt_max_acts(
@@ -166,7 +138,7 @@ def grounded_assign(
     P, L = X.shape
     if len(prompt_categories) != P:
         raise ValueError(f"{len(prompt_categories)} prompt categories for {P} prompts")
-    names = _names(taxonomy)
+    names = category_names(taxonomy)
     labels = [[c] if isinstance(c, str) else list(c) for c in prompt_categories]
     validate_prompts([{"category": c} for ls in labels for c in ls], names, neutral=neutral)
     lat = np.arange(L) if latents is None else np.asarray(latents)
@@ -216,51 +188,10 @@ def latent_labels(assign: pd.DataFrame, latents: Optional[Sequence[int]] = None)
 # Grounding prompts
 
 
-def validate_prompts(prompts: Sequence[Mapping[str, Any]], taxonomy: Any, neutral: str = NEUTRAL, where: str = "grounding prompts") -> None:
-    """Raise UserError naming the first prompt whose category is not in the taxonomy (or ``neutral``)."""
-    names = set(_names(taxonomy))
-    for i, p in enumerate(prompts):
-        c = p.get("category")
-        if c != neutral and c not in names:
-            import difflib
-
-            close = difflib.get_close_matches(str(c), sorted(names | {neutral}), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UserError(
-                f"{where}: item {i} has category {c!r}, which is not in the taxonomy{hint} "
-                f"(valid: {', '.join(sorted(names))}, or {neutral!r} for background prompts)"
-            )
-
-
-def load_grounding_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file of ``{"text": ..., "category": ...}`` rows; errors name the file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: grounding prompt file not found; set categories.grounding to a JSONL of {{text, category}} rows")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("category"), str):
-            raise UserError(f"{path}:{n}: each line must be an object with string fields 'text' and 'category'")
-        out.append({"text": row["text"], "category": row["category"]})
-    if not out:
-        raise UserError(f"{path}: no grounding prompts in the file")
-    return out
-
-
 def grounding_prompts(config: Any = None, taxonomy: Any = None) -> list[dict[str, Any]]:
     """All labelled grounding prompts from the ``lm_diff_grounding_prompts`` hooks (built-in: the configured JSONL or
     the generated organisms set), concatenated."""
-    from lm_diff.plugins.manager import hook
-
     if taxonomy is None:
-        from lm_diff.categorize.taxonomy import get_taxonomy
-
         taxonomy = get_taxonomy(config)
     out: list[dict[str, Any]] = []
     for result in hook().lm_diff_grounding_prompts(config=config, taxonomy=taxonomy):

@@ -1,41 +1,77 @@
-"""Built-in grounding prompts (hook ``lm_diff_grounding_prompts``): the JSONL named by ``categories.grounding``, or
-the generated set of ``lm_diff.organisms.grounding_prompts()``. Categories are checked against the taxonomy: an
-unknown category in the user's JSONL is an error; the built-in set keeps the categories the taxonomy has."""
+"""Grounding prompts: the labelled ``{"text", "category"}`` rows that ground latents in categories.
+
+The built-in hook ``lm_diff_grounding_prompts`` returns the JSONL named by ``categories.grounding``, or the generated
+set of ``lm_diff.organisms.grounding_prompts()``. Categories are checked against the taxonomy: an unknown category in
+the user's JSONL is an error; the built-in set keeps the categories the taxonomy has.
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from lm_diff.categorize.taxonomy import category_names
 from lm_diff.errors import UserError
+from lm_diff.organisms import grounding_prompts as organism_grounding_prompts
 from lm_diff.plugins.hookspecs import hookimpl
+
+NEUTRAL = "neutral"
+"""Label of background prompts (the negatives of the grounded enrichment test)."""
+
+
+def validate_prompts(prompts: Sequence[Mapping[str, Any]], taxonomy: Any, neutral: str = NEUTRAL, where: str = "grounding prompts") -> None:
+    """Raise UserError naming the first prompt whose category is not in the taxonomy (or ``neutral``)."""
+    names = set(category_names(taxonomy))
+    for i, p in enumerate(prompts):
+        c = p.get("category")
+        if c != neutral and c not in names:
+            close = difflib.get_close_matches(str(c), sorted(names | {neutral}), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(
+                f"{where}: item {i} has category {c!r}, which is not in the taxonomy{hint} "
+                f"(valid: {', '.join(sorted(names))}, or {neutral!r} for background prompts)"
+            )
+
+
+def load_grounding_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file of ``{"text": ..., "category": ...}`` rows; errors name the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: grounding prompt file not found; set categories.grounding to a JSONL of {{text, category}} rows")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("category"), str):
+            raise UserError(f"{path}:{n}: each line must be an object with string fields 'text' and 'category'")
+        out.append({"text": row["text"], "category": row["category"]})
+    if not out:
+        raise UserError(f"{path}: no grounding prompts in the file")
+    return out
 
 
 @hookimpl
 def lm_diff_grounding_prompts(config, taxonomy):
     """Labelled prompts ``[{"text", "category"}]``; category ``neutral`` marks background prompts."""
-    from lm_diff.categorize.grounding import load_grounding_jsonl, validate_prompts
-
     path = getattr(getattr(config, "categories", None), "grounding", None)
     if path:
         resolved = config.resolve_path(path)
         prompts = load_grounding_jsonl(resolved)
         where = str(resolved)
     else:
-        try:
-            try:
-                from lm_diff.organisms import grounding_prompts
-            except ImportError:
-                from lm_diff.organisms.bench import grounding_prompts
-        except ImportError as exc:
-            raise UserError(
-                "no grounding prompts: categories.grounding is not set and the built-in set "
-                f"(lm_diff.organisms.grounding_prompts) is unavailable ({exc}); set categories.grounding to a JSONL file"
-            ) from None
-        prompts = [{"text": p["text"], "category": p["category"]} for p in grounding_prompts()]
+        prompts = [{"text": p["text"], "category": p["category"]} for p in organism_grounding_prompts()]
         where = "built-in grounding prompts (lm_diff.organisms)"
         if taxonomy is not None:
             # The built-in set covers the default taxonomy; a custom taxonomy keeps the categories it shares with it.
-            names = {c if isinstance(c, str) else c.name for c in taxonomy} | {"neutral"}
+            names = set(category_names(taxonomy)) | {NEUTRAL}
             prompts = [p for p in prompts if p["category"] in names]
-            if not any(p["category"] != "neutral" for p in prompts):
+            if not any(p["category"] != NEUTRAL for p in prompts):
                 # Nothing to contribute for this taxonomy; another plugin may ground it (the pipeline errors if none does).
                 return []
     if taxonomy is not None:

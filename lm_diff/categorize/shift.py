@@ -20,6 +20,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from lm_diff.categorize.taxonomy import category_names
+from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
 from lm_diff.stats import (
     _percentile,
@@ -39,14 +41,8 @@ _NO_CATEGORY = {UNASSIGNED, "none", "", None}
 __all__ = ["category_shift", "pooled_category_shift", "label_matrix", "UNASSIGNED"]
 
 
-def _names(taxonomy: Any) -> list[str]:
-    return [c if isinstance(c, str) else c.name for c in (taxonomy or [])]
-
-
 def _stats_params(stats_cfg: Any) -> tuple[float, int, int, float, int]:
     """(confidence, bootstrap, permutations, min_count, seed) from a StatsConfig, its defaults where ``None``."""
-    from lm_diff.config import StatsConfig
-
     cfg = stats_cfg if stats_cfg is not None else StatsConfig()
     return (float(cfg.confidence), int(cfg.bootstrap), int(cfg.permutations), float(cfg.min_count), int(cfg.seed))
 
@@ -124,7 +120,7 @@ def category_shift(
     ``stats_cfg`` is a ``StatsConfig`` (confidence, bootstrap, permutations, min_count, seed).
     """
     conf, n_boot, n_perm, min_count, seed = _stats_params(stats_cfg)
-    cats = _names(taxonomy)
+    cats = category_names(taxonomy)
     piS = label_matrix(S_labels, cats, "S labels")
     piT = label_matrix(T_labels, cats, "T labels")
     N_S, N_T = len(piS), len(piT)
@@ -217,7 +213,7 @@ def pooled_category_shift(
     Columns as :func:`category_shift` (pooled counts) plus ``p``, ``q``, ``clusters_S``, ``clusters_T``,
     ``clusters_c`` (clusters carrying the category) and, with ``masses``, pooled ``mass_share_S``/``_T``."""
     conf, n_boot, n_perm, min_count, seed = _stats_params(stats_cfg)
-    cats = _names(taxonomy)
+    cats = category_names(taxonomy)
     names = cats + ([UNASSIGNED] if include_unassigned else [])
     if len(clusters) != len(per_seed):
         raise ValueError(f"{len(per_seed)} seeds of labels but {len(clusters)} of cluster ids")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Optional
+
+import yaml
 
 from lm_diff.config import packaged_configs_dir
 from lm_diff.errors import ConfigError
 from lm_diff.plugins.hookspecs import hookimpl
+from lm_diff.plugins.manager import hook, merged_by_name
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -24,10 +27,13 @@ class Category:
     """Optional parent group (e.g. ``technical`` for code and math)."""
 
 
+def category_names(taxonomy: Optional[Iterable[Any]]) -> list[str]:
+    """Names of a taxonomy given as ``Category`` objects or plain names (None = no categories)."""
+    return [c if isinstance(c, str) else c.name for c in (taxonomy or [])]
+
+
 def load_taxonomy_file(path: str | Path) -> list[Category]:
     """Read a taxonomy YAML: ``categories: [{name, description, parent?}]``; errors name the file and entry."""
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: taxonomy file not found; set categories.taxonomy to an existing YAML file")
@@ -57,13 +63,7 @@ def load_taxonomy_file(path: str | Path) -> list[Category]:
 
 def get_taxonomy(config=None) -> list[Category]:
     """All categories from every ``lm_diff_taxonomy`` hook, first definition of a name wins."""
-    from lm_diff.plugins.manager import hook
-
-    merged: dict[str, Category] = {}
-    for result in hook().lm_diff_taxonomy(config=config):
-        for cat in result or []:
-            merged.setdefault(cat.name, cat)
-    return list(merged.values())
+    return merged_by_name(hook().lm_diff_taxonomy(config=config))
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Extension points of lm_diff (pluggy hookspecs).
 
-Built-in behaviour is registered through these same hooks (``lm_diff/default_plugins/``); third-party plugins are
-found through the ``lm_diff`` entry-point group. Every hook below is documented and covered by a test.
+Built-in behaviour is registered through these same hooks (the modules in ``plugins.manager.DEFAULT_PLUGINS``);
+third-party plugins are found through the ``lm_diff`` entry-point group. Every hook below is documented and covered by a test.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
-from typing import Any
+from typing import Any, Iterable, Mapping, Optional
 
 import pluggy
 
@@ -32,13 +32,7 @@ def _new_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("lm_diff")
     pm.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a default plugin not written yet must not break the others
-            if exc.name != name:
-                raise
-            continue
-        pm.register(mod, name=name)
+        pm.register(importlib.import_module(name), name=name)
     allowed = os.environ.get("LM_DIFF_LOAD_PLUGINS")
     allow = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
     for ep in md.entry_points(group="lm_diff"):
@@ -66,7 +60,28 @@ def reset_plugin_manager() -> None:
 
 
 def hook() -> Any:
+    """The hook relay: ``hook().lm_diff_<name>(...)`` calls every plugin's implementation (third-party first)."""
     return get_plugin_manager().hook
+
+
+def merged_mapping(results: Iterable[Optional[Mapping[Any, Any]]]) -> dict[str, Any]:
+    """One mapping from the results of a hook whose implementations return mappings (``hook().lm_diff_x()``): on a
+    key that several plugins define, the one called first wins, i.e. a third-party plugin over the built-ins."""
+    merged: dict[str, Any] = {}
+    for result in results:
+        for k, v in (result or {}).items():
+            merged.setdefault(str(k), v)
+    return merged
+
+
+def merged_by_name(results: Iterable[Optional[Iterable[Any]]]) -> list[Any]:
+    """One list from the results of a hook whose implementations return lists of objects with a ``name`` (e.g.
+    ``lm_diff_taxonomy``): the first definition of a name wins, in the order the plugins are called."""
+    merged: dict[str, Any] = {}
+    for result in results:
+        for item in result or []:
+            merged.setdefault(item.name, item)
+    return list(merged.values())
 
 
 def list_plugins() -> list[dict[str, Any]]:

@@ -204,7 +204,9 @@ class CategoriesConfig:
     method: Literal["grounded", "llm", "both"] = "grounded"
     """Grounded enrichment (default, no LLM), an LLM annotator, or both (with Cohen's kappa)."""
     grounding: Optional[str] = None
-    """JSONL of {text, category} labelled prompts disjoint from scored items (None = the built-in generated set)."""
+    """Grounding prompts: a JSONL of {text, category} rows disjoint from the scored items, `builtin` (the real-language
+    set shipped for the default taxonomy, rendered with the model's chat template), or `organisms` (the demo organisms'
+    set). Unset: `organisms` when both models are organisms, `builtin` otherwise."""
     auroc_min: float = 0.75
     """Grounded assignment: minimum AUROC of category vs neutral max-activations."""
     specificity_min: float = 0.75

@@ -188,12 +188,12 @@ def latent_labels(assign: pd.DataFrame, latents: Optional[Sequence[int]] = None)
 # Grounding prompts
 
 
-def grounding_prompts(config: Any = None, taxonomy: Any = None) -> list[dict[str, Any]]:
-    """All labelled grounding prompts from the ``lm_diff_grounding_prompts`` hooks (built-in: the configured JSONL or
-    the generated organisms set), concatenated."""
+def grounding_prompts(config: Any = None, taxonomy: Any = None, tokenizer: Any = None) -> list[dict[str, Any]]:
+    """All labelled grounding prompts from the ``lm_diff_grounding_prompts`` hooks (built-in: the configured JSONL, the
+    real-language set rendered with ``tokenizer``'s chat template, or the organisms' set), concatenated."""
     if taxonomy is None:
         taxonomy = get_taxonomy(config)
     out: list[dict[str, Any]] = []
-    for result in hook().lm_diff_grounding_prompts(config=config, taxonomy=taxonomy):
+    for result in hook().lm_diff_grounding_prompts(config=config, taxonomy=taxonomy, tokenizer=tokenizer):
         out.extend(result or [])
     return out

@@ -1,8 +1,16 @@
 """Grounding prompts: the labelled ``{"text", "category"}`` rows that ground latents in categories.
 
-The built-in hook ``lm_diff_grounding_prompts`` returns the JSONL named by ``categories.grounding``, or the generated
-set of ``lm_diff.organisms.grounding_prompts()``. Categories are checked against the taxonomy: an unknown category in
-the user's JSONL is an error; the built-in set keeps the categories the taxonomy has.
+The built-in hook ``lm_diff_grounding_prompts`` picks the source named by ``categories.grounding``:
+
+- a path: the user's JSONL of ``{text, category}`` rows;
+- ``builtin``: the real-language set shipped for the default taxonomy (``lm_diff/data/grounding/builtin/``), each
+  conversation rendered with the model's own chat template;
+- ``organisms``: the demo organisms' generated set (their private chat tags and invented language);
+- unset (auto): ``organisms`` when every model of the pair is an organism, ``builtin`` otherwise, so a real pair is
+  never grounded on organism text.
+
+Categories are checked against the taxonomy: an unknown category in the user's JSONL is an error; the built-in sets
+keep the categories the taxonomy has.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from lm_diff.categorize.builtin_grounding import builtin_prompts
 from lm_diff.categorize.taxonomy import category_names
 from lm_diff.errors import UserError
 from lm_diff.organisms import grounding_prompts as organism_grounding_prompts
@@ -19,6 +28,34 @@ from lm_diff.plugins.hookspecs import hookimpl
 
 NEUTRAL = "neutral"
 """Label of background prompts (the negatives of the grounded enrichment test)."""
+
+SOURCES = ("builtin", "organisms")
+"""Named grounding sources (anything else in ``categories.grounding`` is a path)."""
+
+
+def is_organism_spec(spec: Any) -> bool:
+    """True for ``organisms://SIZE/NAME`` and for a directory of a built organism (its parent holds organism.json)."""
+    if spec is None:
+        return False
+    s = str(spec)
+    if s.startswith("organisms://"):
+        return True
+    p = Path(s).expanduser()
+    return p.is_dir() and (p.parent / "organism.json").exists()
+
+
+def grounding_source(config: Any) -> str:
+    """``builtin``, ``organisms`` or the configured path (see the module docstring for the auto rule)."""
+    chosen = getattr(getattr(config, "categories", None), "grounding", None)
+    if chosen:
+        return str(chosen)
+    models = getattr(config, "models", None)
+    if models is None:
+        return "organisms"  # no pair at all (tests, `lm-diff plugins`): the demo's set
+    specs = [getattr(models, k, None) for k in ("base", "finetuned")]
+    if getattr(config, "design", "direct") == "anchored":
+        specs.append(getattr(models, "anchor", None))
+    return "organisms" if all(is_organism_spec(s) for s in specs if s is not None) else "builtin"
 
 
 def validate_prompts(prompts: Sequence[Mapping[str, Any]], taxonomy: Any, neutral: str = NEUTRAL, where: str = "grounding prompts") -> None:
@@ -57,23 +94,24 @@ def load_grounding_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 @hookimpl
-def lm_diff_grounding_prompts(config, taxonomy):
+def lm_diff_grounding_prompts(config, taxonomy, tokenizer=None):
     """Labelled prompts ``[{"text", "category"}]``; category ``neutral`` marks background prompts."""
-    path = getattr(getattr(config, "categories", None), "grounding", None)
-    if path:
-        resolved = config.resolve_path(path)
+    source = grounding_source(config)
+    if source not in SOURCES:
+        resolved = config.resolve_path(source)
         prompts = load_grounding_jsonl(resolved)
-        where = str(resolved)
+        if taxonomy is not None:
+            validate_prompts(prompts, taxonomy, where=str(resolved))
+        return prompts
+    if source == "builtin":
+        prompts = builtin_prompts(tokenizer=tokenizer)
     else:
         prompts = [{"text": p["text"], "category": p["category"]} for p in organism_grounding_prompts()]
-        where = "built-in grounding prompts (lm_diff.organisms)"
-        if taxonomy is not None:
-            # The built-in set covers the default taxonomy; a custom taxonomy keeps the categories it shares with it.
-            names = set(category_names(taxonomy)) | {NEUTRAL}
-            prompts = [p for p in prompts if p["category"] in names]
-            if not any(p["category"] != NEUTRAL for p in prompts):
-                # Nothing to contribute for this taxonomy; another plugin may ground it (the pipeline errors if none does).
-                return []
     if taxonomy is not None:
-        validate_prompts(prompts, taxonomy, where=where)
+        # The built-in sets cover the default taxonomy; a custom taxonomy keeps the categories it shares with it.
+        names = set(category_names(taxonomy)) | {NEUTRAL}
+        prompts = [p for p in prompts if p["category"] in names]
+        if not any(p["category"] != NEUTRAL for p in prompts):
+            # Nothing to contribute for this taxonomy; another plugin may ground it (the pipeline errors if none does).
+            return []
     return prompts

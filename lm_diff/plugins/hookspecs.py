@@ -18,8 +18,11 @@ def lm_diff_taxonomy(config):
 
 
 @hookspec
-def lm_diff_grounding_prompts(config, taxonomy):
-    """Return labelled prompts ``[{"text", "category"}]`` used to ground latents in categories, or None."""
+def lm_diff_grounding_prompts(config, taxonomy, tokenizer):
+    """Return labelled prompts ``[{"text", "category"}]`` used to ground latents in categories, or None.
+
+    ``tokenizer`` is the pair's tokenizer (None when prompts are only listed, e.g. for a cache key): render chat
+    prompts with its chat template."""
 
 
 @hookspec

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +34,8 @@ class ModelsConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype when loading the models."""
     device: str = "cpu"
-    """Torch device for model forwards (``cpu``, ``cuda``, ``cuda:1``...)."""
+    """Torch device for model forwards (``cpu``, ``cuda``, ``cuda:1``, ``mps``); also the crosscoder's and the diff
+    stage's device unless ``crosscoder.device`` says otherwise."""
     trust_remote_code: bool = False
     """Allow model repos to run their own code. Off unless you ask for it."""
 
@@ -129,6 +132,15 @@ class CrosscoderConfig:
     """Crosscoders trained at once (seeds, identity control), each in its own process with threads/workers threads;
     0 = auto (up to 4, at most one per thread). Small crosscoders use two threads poorly, so on a 2-core machine two
     1-thread processes train ~1.5x faster than one after the other. Not part of the stage key."""
+    device: str = "models"
+    """Torch device of the crosscoder: its training and every diff computation on it (latent table, latent scaling,
+    spliced metrics, quality, controls, examples): ``models`` (the default: the same as ``models.device``, resolved on
+    load, so one setting moves the whole run), or ``cpu``, ``cuda``, ``cuda:N``, ``mps``. Checkpoints load onto it.
+    Under ``torchrun`` with CUDA each rank takes ``cuda:LOCAL_RANK`` (NCCL); other devices use gloo."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Operand dtype of the training GEMMs (encoder, decoder and their gradients): ``auto`` = bfloat16 on CUDA, float32
+    elsewhere. Accumulation, biases, top-k selection, losses, statistics and the Adam state stay float32; float32 on
+    the CPU is the historical arithmetic, bit for bit."""
     exclusive: int = 0
     """Dedicated latents per model (0 = a standard crosscoder). With n > 0 the last n latents per model decode into
     that model only and the other latents are shared with one decoder tied across models, so every difference between
@@ -452,6 +464,25 @@ def _positive(where: str, key: str, value: float, allow_zero: bool = False) -> N
         raise ConfigError(f"{where}: {key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _finite(where: str, prefix: str, section: Any) -> None:
+    """Every number of a section (and of its lists) is finite: ``.nan`` / ``.inf`` in YAML give one error."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                key = f"{prefix}.{f.name}" + (f"[{i}]" if i is not None else "")
+                raise ConfigError(f"{where}: {key} must be a finite number, got {v}")
+
+
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def _device(where: str, key: str, value: str) -> None:
+    if not _DEVICE_RE.match(value):
+        raise ConfigError(f"{where}: {key} must be cpu, cuda, cuda:N or mps, got {value!r}")
+
+
 def _check_values(cfg: RunConfig, where: str) -> None:
     """Checks of impossible values (types were checked while building)."""
     for i, layer in enumerate(cfg.layers):
@@ -472,6 +503,12 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: capture.corpus is empty and capture.benchmark_prompts is false: nothing to capture")
     for i, s in enumerate(c.corpus):
         _positive(where, f"capture.corpus[{i}].weight", s.weight)
+    for section in ("models", "crosscoder", "diff"):
+        _finite(where, section, getattr(cfg, section))
+    _device(where, "models.device", cfg.models.device)
+    if cfg.crosscoder.device == "models":
+        cfg.crosscoder.device = cfg.models.device
+    _device(where, "crosscoder.device", cfg.crosscoder.device)
     x = cfg.crosscoder
     for key in ("dict_size", "k", "lr", "batch_size", "steps", "shuffle_buffer", "checkpoint_every", "init_scale", "dead_tokens"):
         _positive(where, f"crosscoder.{key}", getattr(x, key))

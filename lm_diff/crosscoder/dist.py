@@ -44,7 +44,7 @@ def init_dist(device: str = "cpu") -> tuple[DistCtx, torch.device]:
     the launcher owns the placement); everything else uses gloo on the configured device. One process: the configured
     device as is.
     """
-    dev = torch.device(device)
+    dev = torch.device("cpu" if device in ("", "models") else device)   # "models": a config built without a run
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and torch.distributed.is_available():
         if dev.type == "cuda":

@@ -149,13 +149,13 @@ def topn_select(
                 break
             idx = _nonzero_sparse((pre >= c_L).reshape(-1))
             count = idx.numel()
-            total = int(dist.sum_(torch.tensor([count], dtype=torch.int64))[0]) if dist.enabled else count
+            total = int(dist.sum_(torch.tensor([count], dtype=torch.int64, device=pre.device))[0]) if dist.enabled else count
             if total < n:   # the sample overestimated the threshold: lower it
                 rank *= 4
                 continue
             vals = flat[idx] * s_L[idx % L]
             if dist.enabled:
-                width = int(dist.max_(torch.tensor([count], dtype=torch.int64))[0])
+                width = int(dist.max_(torch.tensor([count], dtype=torch.int64, device=pre.device))[0])
                 pool = dist.cat(_pad_to(vals, width))
             else:
                 pool = vals

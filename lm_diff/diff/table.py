@@ -16,12 +16,17 @@ this) map them into the crosscoder's working (normalised) space, where decoder n
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+
+from lm_diff.console import progress as console_progress
+from lm_diff.diff import device as xdev
+from lm_diff.io import atomic_path
 
 TAG_A_ONLY = "A-only"
 TAG_B_ONLY = "B-only"
@@ -148,12 +153,13 @@ def decoder_stats(cc: Any, cfg: Any = None) -> pd.DataFrame:
 
 
 def encode_batch(cc: Any, acts_BMD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw store activations -> (x_BMD in the crosscoder's working space, f_BL). No gradients.
+    """Raw store activations -> (x_BMD in the crosscoder's working space, f_BL), both on the crosscoder's device
+    (the activations are moved there first). No gradients.
 
     The working space is the normalised training space (``cc.normalise``); for a crosscoder whose normalisation was
     folded into the weights it is the raw space. ``decode_batch`` returns reconstructions in the same space."""
     with torch.no_grad():
-        x = acts_BMD.float()
+        x = acts_BMD.to(xdev.crosscoder_device(cc)).float()
         if hasattr(cc, "normalise"):
             x = cc.normalise(x)
         try:
@@ -250,28 +256,22 @@ def doc_categories(store: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.array([p[0] for p in pairs], np.int64), np.array([index[p[1]] for p in pairs], np.int64), cats
 
 
-def _meta_tensor(meta: dict, key: str, n: int, dtype=torch.long) -> Optional[torch.Tensor]:
+def _meta_tensor(meta: dict, key: str, n: int, dtype=torch.long, device: Any = "cpu") -> Optional[torch.Tensor]:
     v = meta.get(key)
     if v is None:
         return None
     t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
-    return t.to(dtype).reshape(n)
+    return t.to(device, dtype).reshape(n)
 
 
 def progress_bar(enabled: bool, description: str, total: Optional[float] = None):
-    """A rich progress context: ``with progress_bar(...) as advance: advance(n)``; a no-op when disabled."""
-    import contextlib
+    """A progress context (``lm_diff.console.progress``): ``with progress_bar(...) as advance: advance(n)``; a no-op
+    when disabled."""
 
     @contextlib.contextmanager
     def _cm():
-        if not enabled:
-            yield lambda n=1: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as p:
-            task = p.add_task(description, total=total)
-            yield lambda n=1: p.advance(task, n)
+        with console_progress(description, total=total, enabled=enabled) as p:
+            yield lambda n=1: p.advance(n)
 
     return _cm()
 
@@ -314,58 +314,63 @@ def latent_table(
     S = len(labels)
     doc_keys, doc_codes, cats = doc_categories(store)
     C = len(cats)
-    c_cnt = torch.zeros(C, L, dtype=torch.float64)
-    c_sum = torch.zeros(C, L, dtype=torch.float64)
-    c_max = torch.zeros(C, L, dtype=torch.float64)
-    c_tok = torch.zeros(C, dtype=torch.float64)
+    sdev = xdev.stats_device(xdev.crosscoder_device(cc))   # the stage runs where the crosscoder is
+    c_cnt = torch.zeros(C, L, dtype=torch.float64, device=sdev)
+    c_sum = torch.zeros(C, L, dtype=torch.float64, device=sdev)
+    c_max = torch.zeros(C, L, dtype=torch.float64, device=sdev)
+    c_tok = torch.zeros(C, dtype=torch.float64, device=sdev)
     batch_size = int(getattr(cfg, "stream_batch_size", 4096))
-    cnt = torch.zeros(L, dtype=torch.float64)
-    tot = torch.zeros(L, dtype=torch.float64)
-    mx = torch.zeros(L, dtype=torch.float64)
-    tcnt = torch.zeros(L, dtype=torch.float64)
-    tsum = torch.zeros(L, dtype=torch.float64)
-    s_cnt = torch.zeros(S, L, dtype=torch.float64)
-    s_sum = torch.zeros(S, L, dtype=torch.float64)
-    s_max = torch.zeros(S, L, dtype=torch.float64)
-    s_tok = torch.zeros(S, dtype=torch.float64)
+    cnt = torch.zeros(L, dtype=torch.float64, device=sdev)
+    tot = torch.zeros(L, dtype=torch.float64, device=sdev)
+    mx = torch.zeros(L, dtype=torch.float64, device=sdev)
+    tcnt = torch.zeros(L, dtype=torch.float64, device=sdev)
+    tsum = torch.zeros(L, dtype=torch.float64, device=sdev)
+    s_cnt = torch.zeros(S, L, dtype=torch.float64, device=sdev)
+    s_sum = torch.zeros(S, L, dtype=torch.float64, device=sdev)
+    s_max = torch.zeros(S, L, dtype=torch.float64, device=sdev)
+    s_tok = torch.zeros(S, dtype=torch.float64, device=sdev)
     n_tokens = 0
     has_template = False
     total = max_tokens or store_tokens(store, split)
     with progress_bar(progress, f"latent table (layer {layer})", total) as advance:
         for acts, meta in iter_store(store, layer, models, batch_size, split=split, max_tokens=max_tokens):
             _, f = encode_batch(cc, acts)
-            f = f.double()
+            f = f.to(sdev).double()
             B = f.shape[0]
             on = (f > 0).double()
             n_tokens += B
             cnt += on.sum(0)
             tot += f.sum(0)
             mx = torch.maximum(mx, f.max(0).values)
-            tmpl = _meta_tensor(meta, "template", B, torch.bool)
+            tmpl = _meta_tensor(meta, "template", B, torch.bool, sdev)
             if tmpl is not None:
                 has_template = True
                 tw = tmpl.double()
                 tcnt += tw @ on
                 tsum += tw @ f
-            src = _meta_tensor(meta, "source_id", B)
+            src = _meta_tensor(meta, "source_id", B, device=sdev)
             if src is not None and S:
                 s_cnt.index_add_(0, src, on)
                 s_sum.index_add_(0, src, f)
-                s_tok.index_add_(0, src, torch.ones(B, dtype=torch.float64))
+                s_tok.index_add_(0, src, torch.ones(B, dtype=torch.float64, device=sdev))
                 s_max.scatter_reduce_(0, src[:, None].expand(-1, L), f, reduce="amax")
             doc = _meta_tensor(meta, "doc_id", B)
             if doc is not None and C:
                 pos = np.searchsorted(doc_keys, doc.numpy())
                 pos = np.clip(pos, 0, len(doc_keys) - 1)
                 code = np.where(doc_keys[pos] == doc.numpy(), doc_codes[pos], -1)
-                hit = torch.as_tensor(np.flatnonzero(code >= 0))
-                if len(hit):
-                    cid = torch.as_tensor(code[hit.numpy()])
+                hit_np = np.flatnonzero(code >= 0)
+                if len(hit_np):
+                    hit = torch.as_tensor(hit_np, device=sdev)
+                    cid = torch.as_tensor(code[hit_np], device=sdev)
                     c_cnt.index_add_(0, cid, on[hit])
                     c_sum.index_add_(0, cid, f[hit])
-                    c_tok.index_add_(0, cid, torch.ones(len(hit), dtype=torch.float64))
+                    c_tok.index_add_(0, cid, torch.ones(len(hit_np), dtype=torch.float64, device=sdev))
                     c_max.scatter_reduce_(0, cid[:, None].expand(-1, L), f[hit], reduce="amax")
             advance(B)
+    cnt, tot, mx, tcnt, tsum = (t.cpu() for t in (cnt, tot, mx, tcnt, tsum))
+    s_cnt, s_sum, s_max, s_tok = (t.cpu() for t in (s_cnt, s_sum, s_max, s_tok))
+    c_cnt, c_sum, c_max, c_tok = (t.cpu() for t in (c_cnt, c_sum, c_max, c_tok))
     n = max(n_tokens, 1)
     cols: dict[str, Any] = {
         "freq": (cnt / n).numpy(),
@@ -399,8 +404,6 @@ def latent_table(
 
 def save_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a DataFrame as parquet atomically (``attrs`` are kept by pandas' pyarrow writer)."""
-    from lm_diff.io import atomic_path
-
     with atomic_path(path, suffix=".parquet") as tmp:
         df.to_parquet(tmp, index=False)
     return Path(path)

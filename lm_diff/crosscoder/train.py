@@ -199,6 +199,11 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
     _, M, D = first.shape
     cc = build_crosscoder(cfg, D, M)
     _fit_normalisation(cc, store, cfg, layer, models)   # on the CPU: the same statistics whatever the device
+    where = f"crosscoder training (models {list(models)}, layer {layer})"
+    if not (bool(torch.isfinite(cc.norm_mean_MD).all()) and bool(torch.isfinite(cc.norm_scale_M).all())
+            and bool((cc.norm_scale_M > 0).all())):   # an infinite mean norm gives a scale of 0
+        raise UserError(f"{where}: the activations' normalisation statistics are not finite (NaN or infinite "
+                        "activations in the store); recapture the activations, e.g. with capture.dtype: float32")
     cc = cc.to(dev)
     cc.gemm_dtype = resolve_precision(cfg, dev)
     params = list(cc.parameters())
@@ -217,7 +222,6 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
         out_dir.mkdir(parents=True, exist_ok=True)
         truncate_log(log_path, step)
 
-    where = f"crosscoder training (models {list(models)}, layer {layer})"
     log_fh = open(log_path, "a", encoding="utf-8") if dist.rank == 0 else None
     k_aux_max = max(1, D // 2)
     t0 = time.perf_counter()

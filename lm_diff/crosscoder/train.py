@@ -14,10 +14,25 @@
 Data: epoch e streams ``store.iter_batches(cfg.batch_size, layer, models, "train", cfg.shuffle_buffer,
 seed=cfg.seed + e)``, keeping only full batches; resuming re-opens epoch e and skips the batches already used.
 
-Multi-process (``torchrun --nproc_per_node N``, gloo on CPU): every rank reads the same global batch and keeps its own
-contiguous slice of B/N rows. BatchTopK selects the top k·B over the *global* batch (candidate values are all-gathered),
-losses are normalised by the global batch size and gradients are summed with one all-reduce, so N processes compute the
-same update as one up to floating-point summation order. Rank 0 writes every file.
+Device and precision: everything runs on ``cfg.device`` (``crosscoder.device``, by default ``models.device``; a
+config built by hand without a run means the CPU). The normalisation statistics are fitted on the CPU, then the model
+moves to the device; checkpoints load straight onto it. ``cfg.precision`` ``auto`` gives the five GEMMs bf16 operands
+on CUDA (fp32 accumulation and results); parameters, Adam moments, selection, losses and statistics stay fp32. On the
+CPU (fp32) the arithmetic is the historical one, bit for bit.
+
+Non-finite values: a NaN/inf in the store's normalisation statistics, in a training batch or in the loss stops the
+stage with one UserError naming the models, the layer and the step, before the update: no crosscoder is written and
+the last regular checkpoint (all finite) is left as it was.
+
+Data parallel (torchrun): every rank reads the same global batch (the store's stream depends on the batch size, so it
+is not split at the source), keeps its own contiguous slice of B/N rows and copies only that slice to its device.
+With CUDA each rank takes ``cuda:LOCAL_RANK`` and the group uses NCCL; on other devices gloo. BatchTopK selects the
+top k·B over the *global* batch (candidate values are all-gathered), losses are normalised by the global batch size
+and gradients are summed with one all-reduce, so N processes compute the same update as one up to floating-point
+summation order (tests/test_train.py: 2 gloo processes match 1 within 1e-4). Rank 0 writes every file. Commands::
+
+    torchrun --standalone --nproc_per_node 4 -m lm_diff train CONFIG --out RUN_DIR --set crosscoder.device=cuda
+    torchrun --standalone --nproc_per_node 2 -m lm_diff train CONFIG --out RUN_DIR --set crosscoder.device=cpu
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ What it measures (one run, its own time cap, ``--budget-s``, default 200 s):
    dL/dW_dec, dL/df, dL/dW_enc), each 2·B·(M·D)·L, so 10·B·M·D·L per step; top-k selection, elementwise work and Adam
    are not counted. ``*_frac_of_bf16_matmul`` = that rate / the measured bf16 matmul rate (and likewise fp32). The decoder is dense (there is no sparse
    decoder path in lm_diff). Also the host->device copy of one fp16 batch.
-4. **peak GPU memory** of each section (``torch.cuda.max_memory_allocated``).
+4. **trainer**: ``lm_diff.crosscoder.train.train_crosscoder`` itself on the device (``crosscoder.device``, precision
+   ``auto``) from an in-memory CPU store at the shape of 3: tokens/s including host->device copies, the non-finite
+   guards, logging and the final save (a smoke test of the device path of the real trainer).
+5. **peak GPU memory** of each section (``torch.cuda.max_memory_allocated``).
 
 Needs only torch, transformers, safetensors, numpy, rich (+ lm_diff's light deps); never imports lm_eval or nnsight.
 Without a CUDA device it prints ``skipped: no CUDA device`` and ``{"skipped": true, ...}`` and exits 0.
@@ -291,12 +294,42 @@ def bench_train(s: dict, dev: torch.device, sample: torch.Tensor | None, mm: dic
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def bench_trainer(s: dict, dev: torch.device) -> dict:
+    """The real trainer (``train_crosscoder``) on ``dev`` from an in-memory CPU store: data loading, host->device
+    copies, the non-finite guards, logging and the final save included (``precision: auto``)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import InMemoryPairSource  # noqa: PLC0415 - test helper, only for this section
+
+    from lm_diff.config import CrosscoderConfig  # noqa: PLC0415 - keeps the module import light
+    from lm_diff.crosscoder.train import train_crosscoder  # noqa: PLC0415 - as above
+
+    _peak_reset(dev)
+    M, D, L, B, k = 2, s["hidden"], s["dict_size"], s["xc_batch"], s["k"]
+    g = torch.Generator(device=dev).manual_seed(4)
+    basis = torch.randn(1024, M * D, device=dev, generator=g)
+    acts = torch.cat([(torch.relu(torch.randn(B, 1024, device=dev, generator=g) - 2.0) @ basis).reshape(B, M, D).cpu()
+                      for _ in range(4)])
+    steps = 3 * s["xc_steps"]
+    cfg = CrosscoderConfig(dict_size=L, k=k, batch_size=B, steps=steps, warmup_steps=2, lr=1e-4, shuffle_buffer=1,
+                           checkpoint_every=10**6, device=str(dev), precision="auto", dead_tokens=10**9)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_gpu_train_"))
+    try:
+        out = train_crosscoder(InMemoryPairSource(acts), cfg, tmp / "cc", progress=False)
+        meta = json.loads((out / "crosscoder.json").read_text())["metadata"]
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"shape": f"M={M} D={D} L={L} B={B} k={k}", "steps": steps, "train_seconds": meta["train_seconds"],
+            "tok_s_incl_save": round(steps * B / meta["train_seconds"]), "final_loss": round(log[-1]["loss"], 4),
+            "final_ev": [round(v, 4) for v in log[-1]["ev"]], "peak_gib": _peak_gib(dev)}
+
+
 def _table(result: dict) -> Table:
     t = Table(title=f"bench_gpu on {result.get('device_name')}")
     t.add_column("section")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for sec in ("matmul", "capture", "train"):
+    for sec in ("matmul", "capture", "train", "trainer"):
         for key, v in (result.get(sec) or {}).items():
             t.add_row(sec, key, json.dumps(v) if isinstance(v, dict) else str(v))
     return t
@@ -332,7 +365,7 @@ def main(argv=None) -> dict:
         signal.alarm(int(a.budget_s + 30))   # hard cap: the soft deadline is checked between sections
     sample = None
     try:
-        for name in ("matmul", "capture", "train"):
+        for name in ("matmul", "capture", "train", "trainer"):
             if time.perf_counter() > deadline:
                 result["errors"][name] = "skipped: over the time budget"
                 continue
@@ -341,8 +374,10 @@ def main(argv=None) -> dict:
                     result["matmul"] = bench_matmul(s, dev)
                 elif name == "capture":
                     result["capture"], sample = bench_capture(s, dev, deadline)
-                else:
+                elif name == "train":
                     result["train"] = bench_train(s, dev, sample, result.get("matmul") or {})
+                else:
+                    result["trainer"] = bench_trainer(s, dev)
             except _OutOfTime:
                 raise
             except Exception as e:  # noqa: BLE001 - keep the other sections' numbers; the error is reported

@@ -43,4 +43,5 @@ def test_tiny_runs_every_section_without_lm_eval_or_nnsight():
     assert tr["fp32_tok_s"] > 0 and tr["bf16_tok_s"] > 0
     # bf16 GEMM operands change the arithmetic a little, not the result
     assert abs(tr["fp32_loss"] - tr["bf16_loss"]) < 0.05 * abs(tr["fp32_loss"])
+    assert res["trainer"]["tok_s_incl_save"] > 0 and res["trainer"]["final_loss"] > 0
     assert "bench_gpu on" in out

@@ -6,7 +6,10 @@ each 2*B*(M*D)*L = 10.7 GFLOP in total. The reference is the same five GEMMs run
 ``ratio`` = matmul time / step time (1.0 = zero overhead from top-k, elementwise ops, Adam and autograd).
 Prints one JSON object on its last line (medians over repeats).
 
-    python benchmarks/bench_train.py [--repeats 15] [--steps 5] [--threads N]
+    python benchmarks/bench_train.py [--repeats 15] [--steps 5] [--threads N] [--device cpu|cuda] [--bf16]
+
+``--device`` runs the step and the reference GEMMs there (CPU default); ``--bf16`` gives the crosscoder's GEMMs bf16
+operands (``CrossCoder.gemm_dtype``, what the trainer does on CUDA) and the reference GEMMs bf16 too.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--dict-size", type=int, default=4096)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 GEMM operands (fp32 accumulation and state)")
     a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     if a.threads:
         torch.set_num_threads(a.threads)
     M, D, L, B, k = 2, 128, a.dict_size, 1024, 32
@@ -42,7 +53,9 @@ def main(argv=None) -> dict:
     data = (codes @ basis.reshape(512, -1)).reshape(-1, M, D)
     cc = CrossCoder(D, M, L, "batchtopk", k, init_scale=0.1, normalisation="sqrt_d")
     cc.fit_normalisation(data)
-    xs = [cc.normalise(data[i * B:(i + 1) * B]) for i in range(4)]
+    cc = cc.to(dev)
+    cc.gemm_dtype = torch.bfloat16 if a.bf16 else None
+    xs = [cc.normalise(data[i * B:(i + 1) * B].to(dev)) for i in range(4)]
     opt = torch.optim.Adam(cc.parameters(), lr=1e-4, fused=True)
     flops = 5 * 2 * B * M * D * L
 
@@ -57,11 +70,12 @@ def main(argv=None) -> dict:
             opt.step()
         return out
 
-    X = xs[0].reshape(B, -1)
-    We = cc.W_enc_MDL.detach().reshape(-1, L).clone()
-    Wd = cc.W_dec_LMD.detach().reshape(L, -1).clone()
+    mm_dt = torch.bfloat16 if a.bf16 else torch.float32
+    X = xs[0].reshape(B, -1).to(mm_dt)
+    We = cc.W_enc_MDL.detach().reshape(-1, L).clone().to(mm_dt)
+    Wd = cc.W_dec_LMD.detach().reshape(L, -1).clone().to(mm_dt)
     F = torch.relu(X @ We)
-    G = torch.randn(B, M * D, generator=g)
+    G = torch.randn(B, M * D, generator=g).to(dev, mm_dt)
 
     def gemms():
         X @ We          # encoder forward      [B,MD]x[MD,L]
@@ -75,19 +89,24 @@ def main(argv=None) -> dict:
         gemms()
     t_step, t_mm, fast = [], [], 0
     for r in range(a.repeats):   # interleave to share the machine's noise
+        sync()
         t0 = time.perf_counter()
         for i in range(a.steps):
             out = step(i)
             fast += bool(out["topk_candidates"])
+        sync()
         t_step.append((time.perf_counter() - t0) / a.steps)
         t0 = time.perf_counter()
         for _ in range(a.steps):
             gemms()
+        sync()
         t_mm.append((time.perf_counter() - t0) / a.steps)
     ms, mm = statistics.median(t_step), statistics.median(t_mm)
     res = {
         "shape": {"models": M, "d_model": D, "dict_size": L, "batch": B, "k": k},
         "threads": torch.get_num_threads(),
+        "device": str(dev),
+        "gemm_dtype": "bf16" if a.bf16 else "fp32",
         "step_ms_median": round(ms * 1e3, 2),
         "matmul_ms_median": round(mm * 1e3, 2),
         "train_gflops": round(flops / ms / 1e9, 1),

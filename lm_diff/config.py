@@ -7,34 +7,23 @@ Every mistake gives one message naming the file, the key, what was expected and 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import yaml
+
+from lm_diff.config_schema import _build, _convert, _positive, _type_name, field_docs
+from lm_diff.config_sections import CrosscoderConfig, DiffConfig, ModelsConfig, check_sections
 from lm_diff.errors import ConfigError
 
+# re-exported: every ``from lm_diff.config import X`` of before the split keeps working
+__all__ = ["CONFIGS_DIR", "AnnotatorConfig", "BenchmarksConfig", "CaptureConfig", "CategoriesConfig", "ConfigError",
+           "ControlsConfig", "CorpusSource", "CrosscoderConfig", "DiffConfig", "GatesConfig", "ModelsConfig",
+           "ReportConfig", "RunConfig", "StatsConfig", "_build", "_convert", "_type_name", "field_docs", "from_dict",
+           "load_config", "packaged_configs_dir", "resolve_config_path"]
+
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-@dataclass
-class ModelsConfig:
-    base: str = "organisms://demo/base"
-    """Reference model A: a local directory, a hub id, or ``organisms://SIZE/NAME`` for a built model organism."""
-    finetuned: str = "organisms://demo/finetuned"
-    """Compared model B (the fine-tune), in the same forms as ``base``."""
-    anchor: Optional[str] = None
-    """Optional pretrained anchor P for the anchored design: crosscoders (P, A) and (P, B)."""
-    revision: Optional[str] = None
-    """Hub revision used for every hub id (ignored for local paths)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype when loading the models."""
-    device: str = "cpu"
-    """Torch device for model forwards (``cpu``, ``cuda``, ``cuda:1``...)."""
-    trust_remote_code: bool = False
-    """Allow model repos to run their own code. Off unless you ask for it."""
 
 
 @dataclass
@@ -78,91 +67,6 @@ class CaptureConfig:
     backend: Literal["nnsight", "hooks"] = "nnsight"
     """Capture forward: nnsight trace with early stop (default), or plain torch forward hooks (same activations)."""
 
-
-@dataclass
-class CrosscoderConfig:
-    architecture: Literal["batchtopk", "l1"] = "batchtopk"
-    """Sparsity: BatchTopK (default, Minder et al.) or the Anthropic decoder-norm-weighted L1 penalty."""
-    dict_size: int = 1024
-    """Number of latents L (paper grade: 32 x d_model)."""
-    k: int = 32
-    """BatchTopK: mean active latents per token."""
-    k_initial: Optional[int] = None
-    """BatchTopK: start k for linear annealing down to ``k`` (None = no annealing)."""
-    k_anneal_steps: int = 0
-    """BatchTopK: steps over which k anneals from ``k_initial`` to ``k``."""
-    aux_alpha: float = 0.03125
-    """BatchTopK: weight of the auxiliary dead-latent loss (1/32)."""
-    dead_tokens: int = 10_000_000
-    """A latent is dead after this many tokens without firing (aux loss, dead fraction)."""
-    l1_coefficient: float = 1.0
-    """L1: sparsity coefficient (lambda / mu)."""
-    l1_loss: Literal["anthropic", "unsquared"] = "anthropic"
-    """L1: squared-error Anthropic loss, or the crosscoder_learning fork's unsquared-L2 form."""
-    lr: float = 1e-4
-    """Adam learning rate."""
-    batch_size: int = 2048
-    """Tokens per optimisation step."""
-    steps: int = 2000
-    """Optimisation steps."""
-    warmup_steps: int = 1000
-    """Linear learning-rate warmup steps."""
-    decay_fraction: float = 0.2
-    """Linear decay to zero over this final fraction of steps (0 = constant)."""
-    grad_clip: float = 1.0
-    """Gradient-norm clipping (0 = off)."""
-    normalisation: Literal["sqrt_d", "centre_scale", "none"] = "sqrt_d"
-    """Per-model activation normalisation stored with the checkpoint: scale so E||x|| = sqrt(d), or centre then scale."""
-    init_scale: float = 0.1
-    """Initial decoder row norm (W_dec = W_enc^T, identical across models)."""
-    seed: int = 0
-    """Seed of the initialisation and data order."""
-    shuffle_buffer: int = 65_536
-    """Tokens in the streaming shuffle buffer."""
-    checkpoint_every: int = 500
-    """Steps between resumable checkpoints."""
-    batchtopk_loss: Literal["unsquared", "mse"] = "unsquared"
-    """BatchTopK reconstruction term: crosscoder_learning's unsquared L2 per model, or summed squared error."""
-    threshold_start_step: int = 1000
-    """BatchTopK: step from which the EMA inference threshold (beta 0.999) is tracked."""
-    workers: int = 0
-    """Crosscoders trained at once (seeds, identity control), each in its own process with threads/workers threads;
-    0 = auto (up to 4, at most one per thread). Small crosscoders use two threads poorly, so on a 2-core machine two
-    1-thread processes train ~1.5x faster than one after the other. Not part of the stage key."""
-    exclusive: int = 0
-    """Dedicated latents per model (0 = a standard crosscoder). With n > 0 the last n latents per model decode into
-    that model only and the other latents are shared with one decoder tied across models, so every difference between
-    the models must be carried by a dedicated latent (see docs/architecture.md, "dedicated latents")."""
-
-
-@dataclass
-class DiffConfig:
-    fine_tune_only: float = 0.9
-    """Delta-norm threshold for B-only latents (paper orientation: 1 = fine-tune only)."""
-    base_only: float = 0.1
-    """Delta-norm threshold for A-only latents."""
-    shared_band: list[float] = field(default_factory=lambda: [0.4, 0.6])
-    """Delta-norm band for shared latents."""
-    nu_eps_max: float = 0.2
-    """Latent scaling: keep B-only latents with nu_eps below this (removes Complete Shrinkage)."""
-    nu_r_max: float = 0.5
-    """Latent scaling: keep B-only latents with nu_r below this (removes Latent Decoupling)."""
-    nu_stable: list[float] = field(default_factory=lambda: [-0.1, 2.0])
-    """Ratios outside this range are flagged unstable."""
-    scaling_tokens: int = 10_000_000
-    """Tokens streamed for the latent-scaling sufficient statistics (capped by the store size)."""
-    top_examples: int = 100
-    """Top-activating windows stored per selected latent."""
-    window: int = 32
-    """Tokens per example window."""
-    stream_batch_size: int = 4096
-    """Tokens per batch when streaming the activation store in diff analyses (table, scaling, examples)."""
-    drop_unstable: bool = False
-    """Latent scaling: also require both ratios inside ``nu_stable`` for a latent to count as specific (off = paper rule)."""
-    quantiles: int = 10
-    """Activation quantiles sampled for quantile examples per selected latent (Delphi style)."""
-    random_examples: int = 50
-    """Random non-activating windows stored per selected latent."""
 
 
 @dataclass
@@ -359,99 +263,8 @@ def packaged_configs_dir() -> Path:
 # Loading and validation
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        name = " or ".join(_type_name(a) for a in args)
-        return name + (" or null" if len(args) < len(typing.get_args(tp)) else "")
-    if origin is list:
-        (arg,) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(arg)}"
-    if origin is dict:
-        k, v = typing.get_args(tp) or (Any, Any)
-        return f"a mapping of {_type_name(k)} to {_type_name(v)}"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    bad = ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
-    if tp is Any:
-        return value
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}{hint}")
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, key, where)
-            except ConfigError:
-                continue
-        raise bad
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        (arg,) = typing.get_args(tp) or (Any,)
-        return [_convert(v, arg, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        kt, vt = typing.get_args(tp) or (Any, Any)
-        return {_convert(k, kt, key, where): _convert(v, vt, f"{key}.{k}", where) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise bad
-        return _build(tp, value, key, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    return value
-
-
-def _build(cls: type, data: dict, prefix: str, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
-            raise ConfigError(f"{where}: {full} is not a key{hint}")
-        kwargs[key] = _convert(value, hints[key], full, where)
-    return cls(**kwargs)
-
-
-def _positive(where: str, key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{where}: {key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation (the machinery lives in lm_diff.config_schema)
 
 
 def _check_values(cfg: RunConfig, where: str) -> None:
@@ -474,29 +287,7 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: capture.corpus is empty and capture.benchmark_prompts is false: nothing to capture")
     for i, s in enumerate(c.corpus):
         _positive(where, f"capture.corpus[{i}].weight", s.weight)
-    x = cfg.crosscoder
-    for key in ("dict_size", "k", "lr", "batch_size", "steps", "shuffle_buffer", "checkpoint_every", "init_scale", "dead_tokens"):
-        _positive(where, f"crosscoder.{key}", getattr(x, key))
-    _positive(where, "crosscoder.workers", x.workers, allow_zero=True)
-    for key in ("warmup_steps", "aux_alpha", "l1_coefficient", "grad_clip", "k_anneal_steps", "threshold_start_step"):
-        _positive(where, f"crosscoder.{key}", getattr(x, key), allow_zero=True)
-    if x.k > x.dict_size:
-        raise ConfigError(f"{where}: crosscoder.k ({x.k}) must not exceed crosscoder.dict_size ({x.dict_size})")
-    if x.k_initial is not None and x.k_initial < x.k:
-        raise ConfigError(f"{where}: crosscoder.k_initial ({x.k_initial}) must be >= crosscoder.k ({x.k})")
-    if not 0 <= x.decay_fraction <= 1:
-        raise ConfigError(f"{where}: crosscoder.decay_fraction must be in [0, 1], got {x.decay_fraction}")
-    d = cfg.diff
-    if not 0 < d.base_only < d.fine_tune_only < 1:
-        raise ConfigError(f"{where}: diff.base_only < diff.fine_tune_only must both lie in (0, 1), got {d.base_only}, {d.fine_tune_only}")
-    for key in ("shared_band", "nu_stable"):
-        band = getattr(d, key)
-        if len(band) != 2 or band[0] >= band[1]:
-            raise ConfigError(f"{where}: diff.{key} must be [low, high] with low < high, got {band}")
-    _positive(where, "diff.scaling_tokens", d.scaling_tokens)
-    for key in ("stream_batch_size", "quantiles", "top_examples", "window"):
-        _positive(where, f"diff.{key}", getattr(d, key))
-    _positive(where, "diff.random_examples", d.random_examples, allow_zero=True)
+    check_sections(cfg, where)
     k = cfg.categories
     if not 0.5 <= k.auroc_min <= 1:
         raise ConfigError(f"{where}: categories.auroc_min must be in [0.5, 1], got {k.auroc_min}")
@@ -555,8 +346,6 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def load_config(path: str | Path, overrides: Optional[dict] = None) -> RunConfig:
     """Load ``path`` (YAML), apply dotted ``overrides`` ({"crosscoder.k": 8}), validate, return the RunConfig."""
-    import yaml
-
     p = resolve_config_path(path)
     where = str(path)
     try:
@@ -578,18 +367,3 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> RunConfig
     cfg = from_dict(data, where)
     cfg.source = str(p)
     return cfg
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (read from the source), for ``lm-diff config --explain``."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name):
-            if isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant) and isinstance(b.value.value, str):
-                docs[a.target.id] = b.value.value.strip()
-    return docs

@@ -98,3 +98,29 @@ def test_cli_config_error_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
     r = subprocess.run([sys.executable, "-m", "lm_diff", "--debug", "config", str(p)], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("text, key", [
+    ("crosscoder:\n  lr: .nan\n", "crosscoder.lr"),
+    ("crosscoder:\n  lr: .inf\n", "crosscoder.lr"),
+    ("crosscoder:\n  aux_alpha: -.inf\n", "crosscoder.aux_alpha"),
+    ("crosscoder:\n  grad_clip: .nan\n", "crosscoder.grad_clip"),
+    ("diff:\n  nu_eps_max: .nan\n", "diff.nu_eps_max"),
+    ("diff:\n  nu_stable: [-.inf, 2.0]\n", r"diff.nu_stable\[0\]"),
+])
+def test_non_finite_numbers_are_rejected(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
+        C.load_config(_write(tmp_path, text))
+
+
+def test_device_setting(tmp_path):
+    cfg = C.load_config(_write(tmp_path, "models:\n  device: cuda:1\n"))
+    assert cfg.crosscoder.device == "cuda:1"   # default "models": follows models.device
+    cfg = C.load_config(_write(tmp_path, "models:\n  device: cuda\ncrosscoder:\n  device: cpu\n"))
+    assert (cfg.models.device, cfg.crosscoder.device, cfg.crosscoder.precision) == ("cuda", "cpu", "auto")
+    assert C.load_config(_write(tmp_path, "name: x\n")).crosscoder.device == "cpu"
+    for text, key in (("crosscoder:\n  device: gpu\n", "crosscoder.device"), ("models:\n  device: cuda:x\n", "models.device")):
+        with pytest.raises(ConfigError, match=f"{key} must be cpu, cuda, cuda:N or mps"):
+            C.load_config(_write(tmp_path, text))
+    with pytest.raises(ConfigError, match="crosscoder.precision"):
+        C.load_config(_write(tmp_path, "crosscoder:\n  precision: fp8\n"))

@@ -135,3 +135,43 @@ def test_torchrun_two_processes_match_one(tmp_path):
     lb = [json.loads(l) for l in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
     assert [r["l0"] for r in la] == [r["l0"] for r in lb]
     assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-4)
+
+
+def test_non_finite_batch_stops_with_one_user_error(tmp_path):
+    """A poisoned activation store: one NaN in the 13th batch (step 12) stops training before that update; the
+    checkpoint of step 10 stays as it was and no crosscoder is marked done."""
+    from lm_diff.errors import UserError
+
+    acts, _ = planted_pair_data(n_tokens=2000, d=16, n_shared=8, n_a=4, n_b=4, seed=1)
+    clean = InMemoryPairSource(acts.clone(), layer=7)
+    acts[12 * 128 + 5, 1, 3] = float("nan")
+    src = InMemoryPairSource(acts, layer=7)
+    src.stats = clean.stats   # the store's statistics were taken before the corruption
+    out = tmp_path / "cc"
+    with pytest.raises(UserError) as e:
+        train_crosscoder(src, _cfg(steps=30, shuffle_buffer=0), out, progress=False, models=(0, 1))
+    msg = str(e.value)
+    assert "non-finite activations" in msg and "step 12" in msg and "models [0, 1]" in msg and "layer 7" in msg
+    assert not (out / "crosscoder.json").exists()
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 10
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 12   # steps 0..11 logged, 12 never ran
+
+
+def test_diverging_loss_stops_with_one_user_error(tmp_path):
+    from lm_diff.errors import UserError
+
+    acts, _ = planted_pair_data(n_tokens=1000, d=16, n_shared=8, n_a=4, n_b=4, seed=1)
+    with pytest.raises(UserError, match=r"non-finite loss at step \d+"):
+        train_crosscoder(InMemoryPairSource(acts), _cfg(lr=1e30, warmup_steps=0, grad_clip=0.0), tmp_path / "cc",
+                         progress=False)
+    assert not (tmp_path / "cc" / "crosscoder.json").exists()
+
+
+def test_non_finite_store_statistics_stop_before_training(tmp_path):
+    from lm_diff.errors import UserError
+
+    acts, _ = planted_pair_data(n_tokens=1000, d=16, n_shared=8, n_a=4, n_b=4, seed=1)
+    acts[3, 0, 0] = float("inf")
+    with pytest.raises(UserError, match=r"models \[0, 1\], layer 0.*normalisation statistics"):
+        train_crosscoder(InMemoryPairSource(acts), _cfg(), tmp_path / "cc", progress=False)
+    assert not (tmp_path / "cc" / "crosscoder.json").exists()

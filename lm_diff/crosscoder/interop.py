@@ -25,9 +25,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from lm_diff.crosscoder.model import CrossCoder
 from lm_diff.errors import UserError
+from lm_diff.io import save_safetensors, write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -45,8 +47,6 @@ def delta_from_dec_norm_diff(x):
 
 
 def save_dictionary_learning(cc: CrossCoder, directory: str | Path) -> Path:
-    from lm_diff.io import save_safetensors, write_json
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if not torch.allclose(cc.code_scale_M, torch.ones_like(cc.code_scale_M)):
@@ -91,8 +91,6 @@ def save_dictionary_learning(cc: CrossCoder, directory: str | Path) -> Path:
 
 def load_dictionary_learning(directory: str | Path) -> CrossCoder:
     """Load a dictionary_learning ``CrossCoder`` / ``BatchTopKCrossCoder`` saved as safetensors (never pickle)."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     w_path, c_path = directory / WEIGHTS, directory / CONFIG
     if not w_path.exists():

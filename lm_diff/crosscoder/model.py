@@ -34,8 +34,17 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
+from lm_diff.crosscoder.dist import LOCAL, DistCtx
+from lm_diff.crosscoder.kernels import _Decode, _TopKEncode, train_threads
+from lm_diff.crosscoder.topk import _sample_stride, batch_topk_threshold, topn_select
 from lm_diff.errors import UserError
+from lm_diff.io import save_safetensors, write_json
+
+# re-exported: ``from lm_diff.crosscoder.model import DistCtx, topn_select, ...`` keeps working after the split
+__all__ = ["ARCHS", "CONFIG_FILE", "FORMAT", "LOCAL", "LOSSES", "NORMALISATIONS", "WEIGHTS_FILE", "CrossCoder",
+           "DistCtx", "_sample_stride", "batch_topk_threshold", "topn_select", "train_threads"]
 
 FORMAT = "lm_diff.crosscoder/v1"
 WEIGHTS_FILE = "crosscoder.safetensors"
@@ -43,337 +52,6 @@ CONFIG_FILE = "crosscoder.json"
 ARCHS = ("batchtopk", "l1")
 NORMALISATIONS = ("sqrt_d", "centre_scale", "none")
 LOSSES = ("mse", "unsquared")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Distributed helpers (no-ops in a single process)
-
-
-class DistCtx:
-    """Reductions over the data-parallel group; a plain instance is the single-process no-op."""
-
-    def __init__(self, enabled: bool = False):
-        self.enabled = enabled and torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.world = torch.distributed.get_world_size() if self.enabled else 1
-        self.rank = torch.distributed.get_rank() if self.enabled else 0
-
-    def sum_(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-        return t
-
-    def max_(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return t
-
-    def cat(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenate equally shaped 1-d tensors from every rank (rank order)."""
-        if not self.enabled:
-            return t
-        out = [torch.empty_like(t) for _ in range(self.world)]
-        torch.distributed.all_gather(out, t.contiguous())
-        return torch.cat(out)
-
-
-LOCAL = DistCtx(False)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# BatchTopK selection
-
-
-def batch_topk_threshold(
-    scores_BL: torch.Tensor, n: int, row_budget: Optional[int] = None, dist: DistCtx = LOCAL, grow: bool = True
-) -> tuple[torch.Tensor, int]:
-    """Value of the n-th largest entry of ``scores_BL`` (over all ranks' rows when ``dist`` is enabled).
-
-    Two-stage: per-row top-r, then a global top-n over the candidates. Exact (up to ties) unless some row's r-th
-    candidate is above the resulting threshold, in which case that row may hold more than r winners and the full
-    flat top-k is taken; with ``grow`` the per-row budget is first quadrupled while it is ≤ L/2. Returns
-    ``(threshold, r)`` with r the per-row budget that gave an exact answer, 0 when the flat top-k was used.
-    """
-    B, L = scores_BL.shape
-    n_global = n
-    r = row_budget if row_budget is not None else L
-    r = max(1, min(L, r))
-    while r <= L // 2 and r * B * dist.world >= n_global:
-        cand_BR = scores_BL.topk(r, dim=1, sorted=False).values
-        flat = cand_BR.reshape(-1)
-        local = flat.topk(min(n_global, flat.numel()), sorted=False).values
-        pool = dist.cat(_pad_to(local, n_global))
-        thr = pool.topk(n_global, sorted=False).values.min()
-        overflow = (cand_BR.min(dim=1).values > thr).any().to(torch.int32).reshape(1)
-        if not bool(dist.max_(overflow).item()):
-            return thr, r
-        if not grow:
-            break
-        r *= 4   # a row held more winners than its budget: retry with a larger budget, then fall back
-    flat = scores_BL.reshape(-1)
-    local = flat.topk(min(n_global, flat.numel()), sorted=False).values
-    pool = dist.cat(_pad_to(local, n_global))
-    return pool.topk(n_global, sorted=False).values.min(), 0
-
-
-def _pad_to(t: torch.Tensor, n: int) -> torch.Tensor:
-    if t.numel() >= n:
-        return t
-    return torch.cat([t, t.new_full((n - t.numel(),), -math.inf)])
-
-
-# Exact BatchTopK selection for training: a sampled lower bound, then an exact top-n over the survivors.
-#
-# 1. t_lo = a high-side quantile of a strided sample of z·s (stride coprime with L, ≤ 32k sampled values, so no
-#    B×L intermediate); its rank leaves a ~4σ margin above the expected number of sampled winners.
-# 2. Survivors {z·s ≥ t_lo} are found with one comparison of ``pre`` against per-latent thresholds c_j, the exact
-#    smallest float with fl(c_j·s_j) ≥ t_lo (rounded multiplication is monotone, so pre ≥ c_j ⇔ fl(pre·s_j) ≥ t_lo);
-#    the B×L score tensor is never formed.
-# 3. If at least n entries survive (over all ranks), the n-th largest survivor score *is* the n-th largest score:
-#    an exact top-n over the ~1.3·n survivors gives the threshold. Otherwise t_lo is lowered (larger sample rank), and
-#    after that the flat top-k over all scores is used. The outcome never depends on the sample, only the speed.
-
-_SAMPLE_MAX = 32768      # sampled values (one parallel-free chunk on CPU)
-_FAST_MIN_ELEMS = 4096   # below this many local scores the flat top-k is as fast
-
-
-def _sample_stride(N: int, L: int) -> int:
-    stride = max(1, -(-N // _SAMPLE_MAX))
-    if stride == 1:
-        return 1
-    stride |= 1
-    while math.gcd(stride, L) != 1:   # coprime with L: the sample walks through every latent column
-        stride += 2
-    return stride
-
-
-def _col_thresholds(t: torch.Tensor, s_L: torch.Tensor) -> Optional[torch.Tensor]:
-    """c_L with ``pre ≥ c_j ⇔ fl(pre·s_j) ≥ t`` for every float pre (t > 0, s_j ≥ 0); None if it cannot be verified."""
-    with torch.no_grad():
-        pos = s_L > 0
-        s = torch.where(pos, s_L, 1.0)
-        c = t / s
-        down, up = c.new_tensor(-math.inf), c.new_tensor(math.inf)
-        for _ in range(3):
-            lower = torch.nextafter(c, down)
-            c = torch.where(lower * s >= t, lower, c)
-        for _ in range(3):
-            c = torch.where(c * s < t, torch.nextafter(c, up), c)
-        ok = (c * s >= t) & (torch.nextafter(c, down) * s < t)
-        if not bool((ok | ~pos).all()):
-            return None
-        return torch.where(pos, c, math.inf)   # s_j = 0: the score is 0 < t for every finite pre
-
-
-def _flat_select(pre_BL: torch.Tensor, s_L: torch.Tensor, n: int, dist: DistCtx) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference path: the n-th largest of relu(pre)·s over all ranks by a flat top-k, and this rank's selected flat
-    indices (score ≥ threshold; every positive z when the threshold is 0)."""
-    scores = torch.relu(pre_BL) * s_L
-    flat = scores.reshape(-1)
-    local = flat.topk(min(n, flat.numel()), sorted=False).values
-    thr = dist.cat(_pad_to(local, n)).topk(n, sorted=False).values.min()
-    keep = flat >= thr if float(thr) > 0 else pre_BL.reshape(-1) > 0
-    return thr, keep.nonzero().reshape(-1)
-
-
-def _nonzero_sparse(mask: torch.Tensor) -> torch.Tensor:
-    """Ascending indices of the True entries of a sparse 1-d bool tensor: ``nonzero`` over its 8-byte words, then
-    over the bytes of the few non-zero words (several times faster than ``mask.nonzero()`` at ~1% density)."""
-    if mask.numel() % 8 or not mask.is_contiguous() or mask.storage_offset() % 8:
-        return mask.nonzero().reshape(-1)
-    words = mask.view(torch.int64).nonzero().reshape(-1)
-    cand = (words[:, None] * 8 + torch.arange(8, device=mask.device)).reshape(-1)
-    return cand[mask.index_select(0, cand)]
-
-
-def topn_select(
-    pre_BL: torch.Tensor, s_L: torch.Tensor, n: int, dist: DistCtx = LOCAL, force_flat: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Exact BatchTopK selection on scores relu(pre)·s (s ≥ 0), over all ranks' rows.
-
-    Returns ``(thr, sel, n_cand)``: ``thr`` the n-th largest score (a 0-d tensor; the same value as
-    ``torch.topk(scores.flatten(), n).values.min()`` on the global batch), ``sel`` this rank's selected entries as
-    ascending flat indices into ``pre_BL`` (score ≥ thr; all positive entries when thr = 0), and ``n_cand`` the global
-    number of candidates the exact top-n ran over (0 = flat top-k over every score).
-    """
-    with torch.no_grad():
-        B, L = pre_BL.shape
-        N, N_tot = B * L, B * L * dist.world
-        pre = pre_BL.contiguous()
-        flat = pre.reshape(-1)
-        if force_flat or N < _FAST_MIN_ELEMS or 8 * n > N_tot:
-            thr, sel = _flat_select(pre, s_L, n, dist)
-            return thr, sel, 0
-        stride = _sample_stride(N, L)
-        cols = torch.arange(0, N, stride, device=pre.device) % L
-        sample = dist.cat(flat[::stride] * s_L[cols])
-        S = sample.numel()
-        mu = n * S / N_tot   # expected number of sampled winners
-        rank = int(math.ceil(mu + 4.0 * math.sqrt(mu) + 8))
-        for _ in range(3):
-            if rank > S:
-                break
-            t_lo = sample.topk(rank, sorted=False).values.min()
-            if not float(t_lo) > 0:
-                break
-            c_L = _col_thresholds(t_lo, s_L)
-            if c_L is None:
-                break
-            idx = _nonzero_sparse((pre >= c_L).reshape(-1))
-            count = idx.numel()
-            total = int(dist.sum_(torch.tensor([count], dtype=torch.int64))[0]) if dist.enabled else count
-            if total < n:   # the sample overestimated the threshold: lower it
-                rank *= 4
-                continue
-            vals = flat[idx] * s_L[idx % L]
-            if dist.enabled:
-                width = int(dist.max_(torch.tensor([count], dtype=torch.int64))[0])
-                pool = dist.cat(_pad_to(vals, width))
-            else:
-                pool = vals
-            thr = pool.topk(n, sorted=False).values.min()
-            return thr, idx[vals >= thr], total
-        thr, sel = _flat_select(pre, s_L, n, dist)
-        return thr, sel, 0
-
-
-_GEMM_THREADS = 0   # > 1 inside ``train_threads``: the intra-op thread count that GEMMs get back
-
-
-class _serial:
-    """Run the enclosed ops on one intra-op thread (restored on exit).
-
-    The selection and scatter work between the GEMMs is a few memory-bound passes plus many small ops. On the shared
-    2-core CPU each parallel region costs a thread hand-off that can take milliseconds when the other core is busy
-    (measured: a 40k-element op ~8 ms on 2 threads vs ~7 µs on one), far more than the work itself.
-    """
-
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        if self.n > 1:
-            torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        if self.n > 1:
-            torch.set_num_threads(self.n)
-        return False
-
-
-class _gemm:
-    """Inside :class:`train_threads`, give the enclosed GEMM every thread again; otherwise a no-op."""
-
-    def __enter__(self):
-        self.on = _GEMM_THREADS > 1 and torch.get_num_threads() == 1
-        if self.on:
-            torch.set_num_threads(_GEMM_THREADS)
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            torch.set_num_threads(1)
-        return False
-
-
-class train_threads:
-    """Thread policy for a training step: the five GEMMs of the BatchTopK crosscoder use all intra-op threads, every
-    other op (selection, loss, backward glue, gradient clipping, Adam) runs on one.
-
-    Those other ops are memory-bound or small; on a shared CPU their parallel regions cost more in thread hand-offs
-    than they save (see :class:`_serial`). Wrap forward, backward and the optimizer step: ``with train_threads(): ...``.
-    A no-op with one thread; nests; restores the thread count on exit.
-    """
-
-    def __enter__(self):
-        global _GEMM_THREADS
-        self.n, self.prev = torch.get_num_threads(), _GEMM_THREADS
-        if self.n > 1:
-            _GEMM_THREADS = self.n
-            torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        global _GEMM_THREADS
-        if self.n > 1:
-            torch.set_num_threads(self.n)
-            _GEMM_THREADS = self.prev
-        return False
-
-
-class _Decode(torch.autograd.Function):
-    """x̂ = f W_dec + b_dec (a dense GEMM, as ``addmm`` and its backward) with the GEMMs under :class:`_gemm`."""
-
-    @staticmethod
-    def forward(ctx, f, W, b):
-        with _gemm():
-            out = torch.addmm(b, f, W)
-        ctx.save_for_backward(f, W)
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        f, W = ctx.saved_tensors
-        grad_f = grad_W = grad_b = None
-        with _gemm():
-            if ctx.needs_input_grad[0]:
-                grad_f = g.mm(W.t())
-            if ctx.needs_input_grad[1]:
-                grad_W = f.t().mm(g)
-        if ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)
-        return grad_f, grad_W, grad_b
-
-
-class _TopKEncode(torch.autograd.Function):
-    """pre = x W + b and f = pre on the BatchTopK-selected entries (0 elsewhere), with a sparse-aware backward.
-
-    Outputs ``(f, pre)``. With ``keep_pre`` False, ``pre`` is not returned (None) and f is built in its memory; with
-    ``keep_pre`` it carries gradient when used (the auxiliary loss). d f/d pre = 1 on the selected entries (all have
-    pre > 0), so dL/dpre is dL/df gathered there and scattered into zeros: no B×L mask or ``where`` is formed, and the
-    bias gradient is an ``index_add`` over the selected entries.
-    """
-
-    @staticmethod
-    def forward(ctx, x, W, b, s, n, dist, info, keep_pre):
-        with _gemm():
-            pre = torch.addmm(b, x, W)
-        with _serial():
-            thr, sel, n_cand = topn_select(pre, s, n, dist)
-            vals = pre.view(-1).index_select(0, sel)
-            f = torch.zeros_like(pre) if keep_pre else pre.zero_()
-            f.view(-1).index_copy_(0, sel, vals)
-        info["thr"], info["topk_candidates"], info["sel"] = thr, n_cand, sel
-        ctx.save_for_backward(x, W, sel)
-        ctx.set_materialize_grads(False)
-        return f, (pre if keep_pre else None)
-
-    @staticmethod
-    def backward(ctx, grad_f, grad_pre):
-        x, W, sel = ctx.saved_tensors
-        B, L = x.shape[0], W.shape[1]
-        none = (None,) * 6
-        if grad_f is None and grad_pre is None:
-            return (None, None, None) + none[1:]
-        grad_b = None
-        with _serial():
-            if grad_pre is None:
-                vals = grad_f.reshape(-1).index_select(0, sel)
-                # dL/df comes straight from the decoder GEMM: reuse its memory for dL/dpre
-                reuse = grad_f.is_contiguous() and grad_f.shape == (B, L) and grad_f._base is None
-                dpre = grad_f.zero_() if reuse else vals.new_zeros((B, L))
-                dpre.view(-1).index_copy_(0, sel, vals)
-                if ctx.needs_input_grad[2]:
-                    grad_b = vals.new_zeros(L).index_add_(0, sel % L, vals)
-            else:
-                dpre = grad_pre.clone(memory_format=torch.contiguous_format)
-                if grad_f is not None:
-                    dpre.view(-1).index_add_(0, sel, grad_f.reshape(-1).index_select(0, sel))
-                if ctx.needs_input_grad[2]:
-                    grad_b = dpre.sum(0)
-        with _gemm():
-            grad_x = dpre @ W.t() if ctx.needs_input_grad[0] else None
-            grad_W = x.t() @ dpre if ctx.needs_input_grad[1] else None
-        return (grad_x, grad_W, grad_b) + none[1:]
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -436,6 +114,9 @@ class CrossCoder(nn.Module):
         self.register_buffer("code_scale_M", torch.ones(M))
         self.register_buffer("folded", torch.tensor(0, dtype=torch.int32))
         self.register_buffer("_dedicated_LM", self._dedicated_mask(), persistent=False)
+        self.gemm_dtype: Optional[torch.dtype] = None
+        """Operand dtype of the training GEMMs (``None`` = fp32; ``torch.bfloat16`` = mixed precision, set by the
+        trainer on CUDA). A runtime setting, not saved: inference (``encode``/``decode``) always runs in fp32."""
         self.project_()
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -496,8 +177,6 @@ class CrossCoder(nn.Module):
 
     def save(self, directory: str | Path, metadata: Optional[dict[str, Any]] = None) -> Path:
         """Write ``crosscoder.safetensors`` then ``crosscoder.json`` (atomically; the JSON marks a complete save)."""
-        from lm_diff.io import save_safetensors, write_json
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_safetensors(directory / WEIGHTS_FILE, dict(self.state_dict()), metadata={"format": FORMAT})
@@ -509,8 +188,6 @@ class CrossCoder(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> "CrossCoder":
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not cfg_path.exists() or not w_path.exists():
@@ -519,8 +196,9 @@ class CrossCoder(nn.Module):
         if cfg.get("format") != FORMAT:
             raise UserError(f"{cfg_path}: unknown crosscoder format {cfg.get('format')!r} (expected {FORMAT})")
         cfg.pop("metadata", None)
-        cc = cls.from_config(cfg)
-        cc.load_state_dict(load_file(str(w_path), device=map_location))
+        dev = torch.device(map_location)
+        cc = cls.from_config(cfg).to(dev)
+        cc.load_state_dict(load_file(str(w_path), device=str(dev)))
         return cc
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -653,7 +331,8 @@ class CrossCoder(nn.Module):
         B = x_BMD.shape[0]
         x2 = x_BMD.reshape(B, -1)
         W_enc = self.W_enc_MDL.reshape(-1, self.dict_size)
-        info: dict[str, Any] = {"topk_candidates": 0, "thr": torch.tensor(-1.0)}
+        info: dict[str, Any] = {"topk_candidates": 0, "thr": x_BMD.new_tensor(-1.0)}
+        dt = self.gemm_dtype
         if self.arch == "l1":
             s = self.code_norm_L()
             pre = torch.addmm(self.b_enc_L, x2, W_enc)
@@ -662,8 +341,8 @@ class CrossCoder(nn.Module):
             with torch.no_grad():
                 s = self.code_norm_L()   # once per step; only the (detached) ranking uses it
             n = int(k or self.k) * B * dist.world
-            f, pre = _TopKEncode.apply(x2, W_enc, self.b_enc_L, s, n, dist, info, keep_pre)
-        xhat = _Decode.apply(f, self.W_dec_LMD.reshape(self.dict_size, -1), self.b_dec_MD.reshape(-1))
+            f, pre = _TopKEncode.apply(x2, W_enc, self.b_enc_L, s, n, dist, info, keep_pre, dt)
+        xhat = _Decode.apply(f, self.W_dec_LMD.reshape(self.dict_size, -1), self.b_dec_MD.reshape(-1), dt)
         info.update(pre=pre, f=f, s=s, xhat=xhat.reshape(B, self.n_models, self.d_model))
         return info
 
@@ -703,7 +382,7 @@ class CrossCoder(nn.Module):
         W = self.W_dec_LMD.reshape(self.dict_size, -1).index_select(0, dead_idx)
         num = (e - f_aux @ W).pow(2).sum()
         with torch.no_grad():
-            n = dist.sum_(torch.tensor([float(B)]))
+            n = dist.sum_(e.new_tensor([float(B)]))
             e_sum = dist.sum_(e.sum(0))
             e2 = dist.sum_(e.pow(2).sum().reshape(1))
             denom = (e2 - e_sum.pow(2).sum() / n) / n

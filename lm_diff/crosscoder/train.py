@@ -14,10 +14,25 @@
 Data: epoch e streams ``store.iter_batches(cfg.batch_size, layer, models, "train", cfg.shuffle_buffer,
 seed=cfg.seed + e)``, keeping only full batches; resuming re-opens epoch e and skips the batches already used.
 
-Multi-process (``torchrun --nproc_per_node N``, gloo on CPU): every rank reads the same global batch and keeps its own
-contiguous slice of B/N rows. BatchTopK selects the top k·B over the *global* batch (candidate values are all-gathered),
-losses are normalised by the global batch size and gradients are summed with one all-reduce, so N processes compute the
-same update as one up to floating-point summation order. Rank 0 writes every file.
+Device and precision: everything runs on ``cfg.device`` (``crosscoder.device``, by default ``models.device``; a
+config built by hand without a run means the CPU). The normalisation statistics are fitted on the CPU, then the model
+moves to the device; checkpoints load straight onto it. ``cfg.precision`` ``auto`` gives the five GEMMs bf16 operands
+on CUDA (fp32 accumulation and results); parameters, Adam moments, selection, losses and statistics stay fp32. On the
+CPU (fp32) the arithmetic is the historical one, bit for bit.
+
+Non-finite values: a NaN/inf in the store's normalisation statistics, in a training batch or in the loss stops the
+stage with one UserError naming the models, the layer and the step, before the update: no crosscoder is written and
+the last regular checkpoint (all finite) is left as it was.
+
+Data parallel (torchrun): every rank reads the same global batch (the store's stream depends on the batch size, so it
+is not split at the source), keeps its own contiguous slice of B/N rows and copies only that slice to its device.
+With CUDA each rank takes ``cuda:LOCAL_RANK`` and the group uses NCCL; on other devices gloo. BatchTopK selects the
+top k·B over the *global* batch (candidate values are all-gathered), losses are normalised by the global batch size
+and gradients are summed with one all-reduce, so N processes compute the same update as one up to floating-point
+summation order (tests/test_train.py: 2 gloo processes match 1 within 1e-4). Rank 0 writes every file. Commands::
+
+    torchrun --standalone --nproc_per_node 4 -m lm_diff train CONFIG --out RUN_DIR --set crosscoder.device=cuda
+    torchrun --standalone --nproc_per_node 2 -m lm_diff train CONFIG --out RUN_DIR --set crosscoder.device=cpu
 """
 
 from __future__ import annotations
@@ -25,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -34,10 +48,13 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from lm_diff.config import CrosscoderConfig
-from lm_diff.crosscoder.model import CONFIG_FILE, CrossCoder, DistCtx, train_threads
+from lm_diff.console import err
+from lm_diff.console import progress as progress_bar
+from lm_diff.crosscoder.checkpoint import CKPT_DIR, load_checkpoint, save_checkpoint, truncate_log
+from lm_diff.crosscoder.dist import DistCtx, barrier, init_dist
+from lm_diff.crosscoder.model import CONFIG_FILE, CrossCoder, train_threads
 from lm_diff.errors import UserError
 
-CKPT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
 
 
@@ -122,85 +139,6 @@ class _Batches:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    import random
-
-    import numpy as np
-
-    py = json.dumps(random.getstate()[1]).encode()
-    np_state = np.random.get_state()
-    return {
-        "rng.torch": torch.get_rng_state(),
-        "rng.python": torch.frombuffer(bytearray(py), dtype=torch.uint8).clone(),
-        "rng.numpy": torch.from_numpy(np_state[1].astype(np.uint32).view(np.uint8).copy()),
-        "rng.numpy_pos": torch.tensor([np_state[2]], dtype=torch.int64),
-    }
-
-
-def _set_rng(t: dict[str, torch.Tensor]) -> None:
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(t["rng.torch"])
-    py = json.loads(bytes(t["rng.python"].tolist()).decode())
-    random.setstate((3, tuple(py), None))
-    np.random.set_state(("MT19937", t["rng.numpy"].numpy().view(np.uint32).copy(), int(t["rng.numpy_pos"][0]), 0, 0.0))
-
-
-def _save_checkpoint(out_dir: Path, cc: CrossCoder, opt: torch.optim.Adam, since_fired: torch.Tensor,
-                     state: dict[str, Any]) -> None:
-    from lm_diff.io import atomic_dir, save_safetensors, write_json
-
-    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in cc.state_dict().items()}
-    for i, p in enumerate(cc.parameters()):
-        st = opt.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            if key in st:
-                v = st[key]
-                tensors[f"adam.{i}.{key}"] = v if torch.is_tensor(v) else torch.tensor(float(v))
-    tensors["since_fired_L"] = since_fired
-    tensors.update(_rng_tensors())
-    with atomic_dir(out_dir / CKPT_DIR) as tmp:
-        save_safetensors(tmp / "state.safetensors", tensors)
-        write_json(tmp / "state.json", state)
-
-
-def _load_checkpoint(out_dir: Path, cc: CrossCoder, opt: torch.optim.Adam) -> Optional[tuple[dict, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    d = out_dir / CKPT_DIR
-    if not (d / "state.json").exists():
-        return None
-    state = json.loads((d / "state.json").read_text(encoding="utf-8"))
-    t = load_file(str(d / "state.safetensors"))
-    cc.load_state_dict({k[len("model."):]: v for k, v in t.items() if k.startswith("model.")})
-    for i, p in enumerate(cc.parameters()):
-        if f"adam.{i}.exp_avg" in t:
-            opt.state[p] = {"step": t[f"adam.{i}.step"].clone(), "exp_avg": t[f"adam.{i}.exp_avg"].clone(),
-                            "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"].clone()}
-    _set_rng(t)
-    return state, t["since_fired_L"].clone()
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep log lines of steps < ``step`` (those after the checkpoint are redone)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):
-            if json.loads(line)["step"] < step:
-                keep.append(line)
-    from lm_diff.io import write_text
-
-    write_text(path, "".join(l + "\n" for l in keep))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 
 
 def build_crosscoder(cfg: CrosscoderConfig, d_model: int, n_models: int) -> CrossCoder:
@@ -217,7 +155,7 @@ def _fit_normalisation(cc: CrossCoder, store, cfg, layer, models) -> None:
         return
     stats = None
     if hasattr(store, "stats"):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError, KeyError, ValueError, UserError):
             stats = store.stats(layer)
     idx = list(models)
     if stats is not None and cc.normalisation == "sqrt_d" and "mean_norm_M" in stats:
@@ -239,12 +177,21 @@ def _fit_normalisation(cc: CrossCoder, store, cfg, layer, models) -> None:
     cc.fit_normalisation(torch.cat(sample))
 
 
+def resolve_precision(cfg: CrosscoderConfig, device: torch.device) -> Optional[torch.dtype]:
+    """GEMM operand dtype for ``crosscoder.precision``: ``auto`` = bf16 on CUDA, fp32 (None) elsewhere."""
+    p = getattr(cfg, "precision", "auto")
+    if p == "bfloat16" or (p == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
 def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: Sequence[int] = (0, 1),
                      layer: Optional[int] = None, progress: bool = True, max_steps: Optional[int] = None) -> Path:
     """Train (or resume) a crosscoder on ``store``'s activations of ``layer`` for model indices ``models``.
 
-    ``max_steps`` stops the loop once the global step reaches it *without* finishing (as if killed; only the regular
-    checkpoints persist): used to test resumption. Returns ``out_dir``.
+    Runs on ``cfg.device`` (under torchrun with CUDA: ``cuda:LOCAL_RANK``). ``max_steps`` stops the loop once the
+    global step reaches it *without* finishing (as if killed; only the regular checkpoints persist): used to test
+    resumption. Returns ``out_dir``. A non-finite training batch or loss stops with a UserError before the update.
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() and not (out_dir / CKPT_DIR).exists():
@@ -254,7 +201,7 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
             raise UserError(f"the store holds layers {list(store.layers)}; pass layer=")
         layer = store.layers[0]
 
-    dist = _init_dist()
+    dist, dev = init_dist(getattr(cfg, "device", "cpu"))
     torch.manual_seed(cfg.seed)
     B = cfg.batch_size
     if B % dist.world:
@@ -266,12 +213,19 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
     first = batches.next()
     _, M, D = first.shape
     cc = build_crosscoder(cfg, D, M)
-    _fit_normalisation(cc, store, cfg, layer, models)
+    _fit_normalisation(cc, store, cfg, layer, models)   # on the CPU: the same statistics whatever the device
+    where = f"crosscoder training (models {list(models)}, layer {layer})"
+    if not (bool(torch.isfinite(cc.norm_mean_MD).all()) and bool(torch.isfinite(cc.norm_scale_M).all())
+            and bool((cc.norm_scale_M > 0).all())):   # an infinite mean norm gives a scale of 0
+        raise UserError(f"{where}: the activations' normalisation statistics are not finite (NaN or infinite "
+                        "activations in the store); recapture the activations, e.g. with capture.dtype: float32")
+    cc = cc.to(dev)
+    cc.gemm_dtype = resolve_precision(cfg, dev)
     params = list(cc.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), fused=True)
-    since_fired = torch.zeros(cfg.dict_size, dtype=torch.int64)
+    since_fired = torch.zeros(cfg.dict_size, dtype=torch.int64, device=dev)
     step = 0
-    resumed = _load_checkpoint(out_dir, cc, opt)
+    resumed = load_checkpoint(out_dir, cc, opt, dev)
     if resumed is not None:
         state, since_fired = resumed
         step = int(state["step"])
@@ -281,75 +235,43 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
     log_path = out_dir / LOG_FILE
     if dist.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log_path, step)
+        truncate_log(log_path, step)
 
-    pbar = _Progress(progress and dist.rank == 0, cfg.steps, step)
     log_fh = open(log_path, "a", encoding="utf-8") if dist.rank == 0 else None
     k_aux_max = max(1, D // 2)
     t0 = time.perf_counter()
     try:
-        while step < cfg.steps:
-            if max_steps is not None and step >= max_steps:
-                return out_dir
-            x_all = batches.next()
-            x = cc.normalise(x_all[lo:lo + b_local])
-            lr, k = lr_at(step, cfg), k_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            # GEMMs on every thread, the rest on one (robust to a shared CPU; see crosscoder.train_threads)
-            with train_threads() if cc.arch == "batchtopk" else contextlib.nullcontext():
-                use_aux = False
-                if cc.arch == "batchtopk":   # no aux work at all while every latent fires (the common case early on)
-                    dead = since_fired >= cfg.dead_tokens
-                    n_dead = int(dead.sum())
-                    use_aux = bool(n_dead) and cfg.aux_alpha > 0
-                out = cc.train_forward(x, k, dist, keep_pre=use_aux)
-                recon = cc.recon_loss(x, out["xhat"], B)
-                extra = torch.zeros(())
-                if cc.arch == "batchtopk":
-                    if use_aux:
-                        extra = cc.aux_loss(x, out, dead, min(k_aux_max, n_dead), dist)
-                    loss = recon + cfg.aux_alpha * extra
-                else:
-                    extra = cc.sparsity_loss(out["f"], out["s"], B)
-                    loss = recon + cfg.l1_coefficient * extra
-                opt.zero_grad(set_to_none=True)   # backward then writes fresh gradients (no fill, no accumulate)
-                loss.backward()
-                if dist.enabled:
-                    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-                    dist.sum_(flat)
-                    off = 0
-                    for p in params:
-                        n = p.numel()
-                        p.grad = flat[off:off + n].view_as(p).clone()
-                        off += n
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
-                opt.step()
-                cc.project_()
-
-            with torch.no_grad():
-                f = out["f"].detach()
-                fired = _fired_L(out, f, cc.dict_size)
-                fired = dist.max_(fired.to(torch.int32))
-                since_fired = torch.where(fired > 0, 0, since_fired + B)
-                cc.update_threshold(out["thr"], step)
-                rec = _step_record(x, out, f, recon, extra, loss, dist, B)
-            step += 1
-            if dist.rank == 0:
-                rec.update(step=step - 1, lr=lr, k=k, threshold=float(cc.threshold),
-                           dead_fraction=float((since_fired >= cfg.dead_tokens).float().mean()),
-                           topk_candidates=int(out["topk_candidates"]), epoch=batches.epoch)
-                log_fh.write(json.dumps(rec) + "\n")
-                pbar.update(step, rec)
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+        with progress_bar("train crosscoder", total=cfg.steps, enabled=progress and dist.rank == 0,
+                          start=step) as pbar:
+            while step < cfg.steps:
+                if max_steps is not None and step >= max_steps:
+                    return out_dir
+                # this rank's rows of the global batch, alone copied to its device
+                x = cc.normalise(batches.next()[lo:lo + b_local].to(dev, non_blocking=True))
+                out, recon, extra, loss, lr, k = _step(cc, opt, params, x, step, since_fired, cfg, dist, k_aux_max,
+                                                       where)
+                with torch.no_grad():
+                    f = out["f"].detach()
+                    fired = dist.max_(_fired_L(out, f, cc.dict_size).to(torch.int32))
+                    since_fired = torch.where(fired > 0, 0, since_fired + B)
+                    cc.update_threshold(out["thr"], step)
+                    rec = _step_record(x, out, f, recon, extra, loss, dist, B)
+                step += 1
                 if dist.rank == 0:
-                    log_fh.flush()
-                    _save_checkpoint(out_dir, cc, opt, since_fired,
-                                     {"step": step, "epoch": batches.epoch, "batch": batches.batch})
-                _barrier(dist)
+                    rec.update(step=step - 1, lr=lr, k=k, threshold=float(cc.threshold),
+                               dead_fraction=float((since_fired >= cfg.dead_tokens).float().mean()),
+                               topk_candidates=int(out["topk_candidates"]), epoch=batches.epoch)
+                    log_fh.write(json.dumps(rec) + "\n")
+                    ev = " ".join(f"{v:.3f}" for v in rec["ev"])
+                    pbar.update(step, f"loss {rec['loss']:.4g}  L0 {rec['l0']:.1f}  EV {ev}  "
+                                      f"dead {rec['dead_fraction']:.2f}")
+                if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    if dist.rank == 0:
+                        log_fh.flush()
+                        save_checkpoint(out_dir, cc, opt, since_fired,
+                                        {"step": step, "epoch": batches.epoch, "batch": batches.batch})
+                    barrier(dist)
     finally:
-        pbar.close()
         if log_fh is not None:
             log_fh.close()
 
@@ -359,9 +281,62 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
                                    "train_seconds": round(time.perf_counter() - t0, 3)})
         shutil.rmtree(out_dir / CKPT_DIR, ignore_errors=True)
         if progress:
-            _print_done(out_dir, log_path)
-    _barrier(dist)
+            err().print(f"[green]crosscoder written[/]: {out_dir}  (log: {log_path.name})")
+    barrier(dist)
     return out_dir
+
+
+def _step(cc: CrossCoder, opt, params, x, step: int, since_fired, cfg: CrosscoderConfig, dist: DistCtx,
+          k_aux_max: int, where: str):
+    """One optimisation step on this rank's rows ``x`` (normalised); stops before the update on a non-finite batch
+    or loss (checked on every rank, agreed by one all-reduce)."""
+    B = cfg.batch_size
+    lr, k = lr_at(step, cfg), k_at(step, cfg)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    # GEMMs on every thread, the rest on one (robust to a shared CPU; see crosscoder.train_threads)
+    with train_threads() if cc.arch == "batchtopk" else contextlib.nullcontext():
+        use_aux = False
+        if cc.arch == "batchtopk":   # no aux work at all while every latent fires (the common case early on)
+            dead = since_fired >= cfg.dead_tokens
+            n_dead = int(dead.sum())
+            use_aux = bool(n_dead) and cfg.aux_alpha > 0
+        _finite_or_stop(x, dist, f"{where}: non-finite activations in the training batch at step {step}")
+        out = cc.train_forward(x, k, dist, keep_pre=use_aux)
+        recon = cc.recon_loss(x, out["xhat"], B)
+        extra = x.new_zeros(())
+        if cc.arch == "batchtopk":
+            if use_aux:
+                extra = cc.aux_loss(x, out, dead, min(k_aux_max, n_dead), dist)
+            loss = recon + cfg.aux_alpha * extra
+        else:
+            extra = cc.sparsity_loss(out["f"], out["s"], B)
+            loss = recon + cfg.l1_coefficient * extra
+        _finite_or_stop(loss.detach(), dist, f"{where}: non-finite loss at step {step}")
+        opt.zero_grad(set_to_none=True)   # backward then writes fresh gradients (no fill, no accumulate)
+        loss.backward()
+        if dist.enabled:
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            dist.sum_(flat)
+            off = 0
+            for p in params:
+                n = p.numel()
+                p.grad = flat[off:off + n].view_as(p).clone()
+                off += n
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        opt.step()
+        cc.project_()
+    return out, recon, extra, loss, lr, k
+
+
+def _finite_or_stop(t: torch.Tensor, dist: DistCtx, what: str) -> None:
+    """Raise one UserError (on every rank: the flag is all-reduced) when ``t`` holds a NaN or an infinity."""
+    bad = dist.max_((~torch.isfinite(t).all()).to(torch.int32).reshape(1))
+    if bool(bad[0]):
+        raise UserError(f"{what}; training stopped before the update (no crosscoder written; the last regular "
+                        "checkpoint, if any, is intact). Check the activation store (recapture it, e.g. with "
+                        "capture.dtype: float32) or lower crosscoder.lr")
 
 
 def _fired_L(out: dict[str, Any], f: torch.Tensor, L: int) -> torch.Tensor:
@@ -369,73 +344,26 @@ def _fired_L(out: dict[str, Any], f: torch.Tensor, L: int) -> torch.Tensor:
     sel = out.get("sel")
     if sel is None:
         return (f > 0).any(0)
-    fired = torch.zeros(L, dtype=torch.bool)
+    fired = torch.zeros(L, dtype=torch.bool, device=f.device)
     fired[sel % L] = True
     return fired
 
 
 def _step_record(x, out, f, recon, extra, loss, dist: DistCtx, B: int) -> dict[str, Any]:
     """Batch metrics: effective k (mean active latents per token), EV per model (1 − Σ‖x−x̂‖² / Σ‖x−x̄‖²)."""
+    acc = torch.float32 if x.device.type == "mps" else torch.float64   # MPS has no float64
     xh = out["xhat"].detach()
     sel = out.get("sel")
-    n_active = (f > 0).sum().to(torch.float64) if sel is None else torch.tensor(float(sel.numel()), dtype=torch.float64)
-    err = (x - xh).pow(2).sum(dim=(0, 2)).to(torch.float64)
-    xs = x.sum(0).to(torch.float64)
-    x2 = x.pow(2).sum(dim=(0, 2)).to(torch.float64)
-    vec = dist.sum_(torch.cat([n_active.reshape(1), err, x2, xs.reshape(-1),
-                               torch.stack([recon.detach(), extra.detach(), loss.detach()]).to(torch.float64)]))
+    n_active = (f > 0).sum().to(acc) if sel is None else x.new_tensor(float(sel.numel()), dtype=acc)
+    err_M = (x - xh).pow(2).sum(dim=(0, 2)).to(acc)
+    xs = x.sum(0).to(acc)
+    x2 = x.pow(2).sum(dim=(0, 2)).to(acc)
+    vec = dist.sum_(torch.cat([n_active.reshape(1), err_M, x2, xs.reshape(-1),
+                               torch.stack([recon.detach(), extra.detach(), loss.detach()]).to(acc)]))
     M = x.shape[1]
-    n_active, err, x2 = vec[0], vec[1:1 + M], vec[1 + M:1 + 2 * M]
+    n_active, err_M, x2 = vec[0], vec[1:1 + M], vec[1 + M:1 + 2 * M]
     xs = vec[1 + 2 * M:1 + 2 * M + xs.numel()].reshape(M, -1)
     recon_v, extra_v, loss_v = vec[-3:].tolist()
     var = x2 - xs.pow(2).sum(-1) / B
-    ev = (1 - err / var.clamp_min(1e-12)).tolist()
+    ev = (1 - err_M / var.clamp_min(1e-12)).tolist()
     return {"loss": loss_v, "recon": recon_v, "aux_or_sparsity": extra_v, "l0": float(n_active) / B, "ev": ev}
-
-
-def _init_dist() -> DistCtx:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.distributed.is_available():
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("gloo")
-        return DistCtx(True)
-    return DistCtx(False)
-
-
-def _barrier(dist: DistCtx) -> None:
-    if dist.enabled:
-        torch.distributed.barrier()
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.p = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("[bold]train crosscoder"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
-        self.p.start()
-        self.task = self.p.add_task("train", total=total, completed=start, info="")
-        self._last = 0.0
-
-    def update(self, step: int, rec: dict) -> None:
-        if self.p is None:
-            return
-        now = time.perf_counter()
-        if now - self._last < 0.25 and step < self.p.tasks[0].total:
-            return
-        self._last = now
-        ev = " ".join(f"{v:.3f}" for v in rec["ev"])
-        self.p.update(self.task, completed=step,
-                      info=f"loss {rec['loss']:.4g}  L0 {rec['l0']:.1f}  EV {ev}  dead {rec['dead_fraction']:.2f}")
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
-
-
-def _print_done(out_dir: Path, log_path: Path) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[green]crosscoder written[/]: {out_dir}  (log: {log_path.name})")

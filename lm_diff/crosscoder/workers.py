@@ -6,16 +6,37 @@ parallel processes is ~1.5x faster than one after the other. Workers are spawned
 thread pools) and train with ``progress=False``; the parent shows one progress bar per crosscoder, read from the
 training logs, and marks each stage finished as it completes. Stage directories and checkpoints are the same as in
 sequential training, so a killed parallel run resumes either way.
+
+Workers die with their parent: each sets the Linux parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` through
+ctypes) as it starts, so a ``kill -9`` of the parent takes them down at once instead of leaving orphans training on.
+prctl is immediate and costs nothing while the parent lives; a ``getppid`` check right after it closes the race with a
+parent that died during start-up. Where prctl is unavailable (not Linux) a daemon thread polls the parent PID once a
+second instead. (The signal follows the thread that spawned the worker: ``run_train_jobs`` spawns from the caller's
+thread, which lives until the pool is done.)
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import ctypes
 import json
+import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lm_diff.capture.store import ActivationStore
+from lm_diff.crosscoder.train import train_crosscoder
+
+PR_SET_PDEATHSIG = 1   # linux/prctl.h
 
 
 @dataclass
@@ -30,15 +51,37 @@ class TrainJob:
 
 def train_worker(store_dir: str, xc: Any, out_dir: str, models: tuple[int, int], layer: int, threads: int) -> float:
     """One crosscoder in a worker process (spawned: a fresh interpreter with ``threads`` torch threads)."""
-    import torch
-
-    from lm_diff.capture.store import ActivationStore
-    from lm_diff.crosscoder.train import train_crosscoder
-
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     train_crosscoder(ActivationStore(store_dir), xc, out_dir, models=models, layer=layer, progress=False)
     return time.perf_counter() - t0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this process when ``parent_pid`` dies (prctl on Linux, else a polling thread)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:   # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
+
+
+def _watch_parent(parent_pid: int, every: float = 1.0) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(every)
+
+
+def worker_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes that die with this one."""
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                  initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 def last_step(log: Path) -> int:
@@ -59,8 +102,6 @@ def last_step(log: Path) -> int:
 def train_workers(requested: int, pending: int) -> int:
     """Processes for ``pending`` crosscoders: ``requested`` (``crosscoder.workers``), or auto when 0 (≤ 4, ≤ torch
     threads); always 1 under torchrun, whose ranks train one crosscoder together."""
-    import torch
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return 1
     w = requested or min(4, torch.get_num_threads())
@@ -71,17 +112,11 @@ def run_train_jobs(jobs: list[TrainJob], store_dir: Path, layer: int, workers: i
                    finish: Callable[[Path, dict, str, float], None], console: Any) -> None:
     """Train ``jobs`` in ``workers`` spawned processes with a progress bar each; ``finish(stage_dir, summary, label,
     seconds)`` is called as each one completes. The first failure cancels the rest and is raised."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     threads = max(1, torch.get_num_threads() // workers)
     console.rule(f"[bold]{len(jobs)} crosscoders, {workers} at a time ({threads} thread{'s' * (threads > 1)} each)")
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bar, \
-            cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            worker_pool(workers) as pool:
         futures = {}
         for job in jobs:
             task = bar.add_task(job.label, total=job.config.steps)

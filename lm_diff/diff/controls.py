@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import linear_sum_assignment
 
 from lm_diff.diff.table import TAG_A_ONLY, TAG_B_ONLY, TAGS, _decoder_LMD, decoder_stats
 from lm_diff.stats import permutation_shift_null
@@ -50,8 +51,6 @@ def match_decoders(cc_a: Any, cc_b: Any) -> pd.DataFrame:
     A, B = concat_decoders(cc_a), concat_decoders(cc_b)
     if A.shape[1] != B.shape[1]:
         raise ValueError(f"decoders differ in size: {A.shape[1]} vs {B.shape[1]} (models × d_model)")
-    from scipy.optimize import linear_sum_assignment
-
     C = A @ B.T  # [La, Lb]
     rows, cols = linear_sum_assignment(C, maximize=True)
     match = np.full(len(A), -1, dtype=np.int64)

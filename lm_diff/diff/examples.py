@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from lm_diff.diff.table import encode_batch, iter_store, progress_bar, store_tokens
+from lm_diff.io import atomic_path
 
 _POS_BITS = 24
 _POS_MASK = (1 << _POS_BITS) - 1
@@ -105,8 +106,8 @@ def collect_examples(
         for acts, meta in iter_store(store, layer, models, batch_size, split=split, max_tokens=max_tokens):
             B = acts.shape[0]
             keys = torch.as_tensor(_keys(meta, B))
-            _, f = encode_batch(cc, acts)
-            fK = f[:, lat].float().T.contiguous()  # [K, B]
+            _, f = encode_batch(cc, acts)   # on the crosscoder's device; the K selected columns come back
+            fK = f[:, lat.to(f.device)].float().T.contiguous().cpu()  # [K, B]
             n_tokens += B
             on = fK > 0
             n_active += on.sum(1)
@@ -173,7 +174,7 @@ def collect_examples(
                 hit = np.flatnonzero(cnt)
                 if len(hit):
                     _, f = encode_batch(cc, acts[torch.as_tensor(hit)])
-                    fK = f[:, lat].float().numpy()  # [H, K]
+                    fK = f[:, lat.to(f.device)].float().cpu().numpy()  # [H, K]
                     reps = cnt[hit]
                     b_local = np.repeat(np.arange(len(hit)), reps)
                     starts = np.repeat(lo[hit], reps)
@@ -235,8 +236,6 @@ def export_delphi_jsonl(examples: dict[int, dict[str, Any]], path: str | Path, m
     """Write one JSON object per latent (``latent``, ``module_name``, ``activating``, ``non_activating`` … as in
     :func:`collect_examples`; Delphi's ``ActivatingExample`` fields ``tokens``/``str_tokens``/``activations``/
     ``quantile`` are added as aliases) atomically."""
-    from lm_diff.io import atomic_path
-
     with atomic_path(path, suffix=".jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for j in sorted(examples):
             rec = dict(examples[j])

@@ -21,7 +21,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from lm_diff.diff import device as xdev
 from lm_diff.errors import UserError
+from lm_diff.models import decoder_layers, layer_output
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Pure functions
@@ -73,18 +75,19 @@ def kl_divergence(logits_p_BTV: torch.Tensor, logits_q_BTV: torch.Tensor, mask_B
 class ReconAccumulator:
     """Streaming sufficient statistics (fp64) for ev / fvu / ev_centred / rel_bias per model, l0 and dead fraction."""
 
-    def __init__(self, n_models: int, d_model: int, dict_size: int):
+    def __init__(self, n_models: int, d_model: int, dict_size: int, device: Any = "cpu"):
         M, D = n_models, d_model
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        self.dev = torch.device(device)   # where the statistics accumulate (batches are moved here)
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=self.dev)  # noqa: E731
         self.n = 0
         self.sx, self.sx2 = z(M, D), z(M)            # Σx, Σ‖x‖²
         self.se, self.se2 = z(M, D), z(M)            # Σ(x−x̂), Σ‖x−x̂‖²
         self.sxh2, self.sxxh = z(M), z(M)            # Σ‖x̂‖², Σ⟨x,x̂⟩
         self.active = 0.0
-        self.fired = torch.zeros(dict_size, dtype=torch.bool)
+        self.fired = torch.zeros(dict_size, dtype=torch.bool, device=self.dev)
 
     def update(self, x_BMD: torch.Tensor, xhat_BMD: torch.Tensor, f_BL: torch.Tensor) -> None:
-        x, xh = x_BMD.double(), xhat_BMD.double()
+        x, xh, f_BL = x_BMD.to(self.dev).double(), xhat_BMD.to(self.dev).double(), f_BL.to(self.dev)
         e = x - xh
         self.n += x.shape[0]
         self.sx += x.sum(0)
@@ -121,9 +124,10 @@ class ReconAccumulator:
 def reconstruction_metrics(cc, store, layer: Optional[int] = None, models: Sequence[int] = (0, 1),
                            split: str = "heldout", max_tokens: Optional[int] = None, batch_size: int = 4096) -> dict:
     """EV/FVU (both forms), rel_bias per model, L0 and dead fraction on ``split`` of ``store`` (inference encoding)."""
-    acc = ReconAccumulator(cc.n_models, cc.d_model, cc.dict_size)
+    dev = xdev.crosscoder_device(cc)   # the crosscoder's device; statistics beside it
+    acc = ReconAccumulator(cc.n_models, cc.d_model, cc.dict_size, xdev.stats_device(dev))
     for item in store.iter_batches(batch_size, layer=layer, models=tuple(models), split=split):
-        x = item[0] if isinstance(item, (tuple, list)) else item
+        x = (item[0] if isinstance(item, (tuple, list)) else item).to(dev)
         if max_tokens is not None and acc.n >= max_tokens:
             break
         if max_tokens is not None:
@@ -137,13 +141,6 @@ def reconstruction_metrics(cc, store, layer: Optional[int] = None, models: Seque
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Spliced loss
-
-
-from lm_diff.models import decoder_layers  # noqa: E402  (one implementation of layer discovery)
-
-
-def _hidden(output) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def _with_hidden(output, h: torch.Tensor):
@@ -168,7 +165,7 @@ def _run(model, input_ids, attention_mask, layer: int, capture: Optional[list] =
     """Forward pass returning logits; optionally capture or replace the layer's hidden output."""
 
     def fn(_mod, _inp, output):
-        h = _hidden(output)
+        h = layer_output(output)
         if capture is not None:
             capture.append(h.detach())
         if replace is not None:
@@ -196,7 +193,9 @@ def spliced_metrics(cc, model, input_ids: torch.Tensor, layer: int, model_index:
     target = models[model_index] if models is not None else model
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
-    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    mdev = xdev.crosscoder_device(target)   # the models' device (models.device); the crosscoder may sit elsewhere
+    input_ids = input_ids.to(mdev)
+    mask = attention_mask.to(mdev) if attention_mask is not None else torch.ones_like(input_ids)
     if models is not None:
         if len(models) != cc.n_models:
             raise UserError(f"spliced_metrics: got {len(models)} models for a crosscoder over {cc.n_models}")
@@ -214,18 +213,21 @@ def spliced_metrics(cc, model, input_ids: torch.Tensor, layer: int, model_index:
                             "activations for these tokens")
         logits_orig = _run(target, input_ids, mask, layer)
     B, T = input_ids.shape
-    recon = cc.decode(cc.encode(acts_BTMD.reshape(B * T, cc.n_models, -1).float()))
+    cdev = xdev.crosscoder_device(cc)
+    recon = cc.decode(cc.encode(acts_BTMD.reshape(B * T, cc.n_models, -1).to(cdev).float()))
     recon_BTD = recon[:, model_index].reshape(B, T, -1)
 
     def replace(h):
-        new = recon_BTD.to(h.dtype)
+        new = recon_BTD.to(h.device, h.dtype)
         if keep_first:
             new = torch.cat([h[:, :1], new[:, 1:]], dim=1)
         return new
 
     logits_splice = _run(target, input_ids, mask, layer, replace=replace)
-    pred_mask = (mask[:, :-1] * mask[:, 1:]).to(torch.float64)
-    tgt = input_ids[:, 1:]
+    sdev = xdev.stats_device(logits_orig.device)   # CE / KL in float64 (on the CPU for MPS)
+    logits_orig, logits_splice = logits_orig.to(sdev), logits_splice.to(sdev)
+    pred_mask = (mask[:, :-1] * mask[:, 1:]).to(sdev, torch.float64)
+    tgt = input_ids[:, 1:].to(sdev)
     ce_o = cross_entropy(logits_orig[:, :-1], tgt, pred_mask)
     ce_s = cross_entropy(logits_splice[:, :-1], tgt, pred_mask)
     kl = kl_divergence(logits_orig[:, :-1], logits_splice[:, :-1], pred_mask)

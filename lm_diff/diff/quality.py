@@ -6,8 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
+from lm_diff.capture.activations import tokenizer_prefix
 from lm_diff.config import RunConfig
+from lm_diff.diff.metrics import reconstruction_metrics, spliced_metrics
+from lm_diff.models import load_models
 
 
 def _heldout_batches(store: Any, index: list[dict], n_docs: int = 64, max_len: int = 128) -> dict[str, list[list[int]]]:
@@ -15,8 +19,6 @@ def _heldout_batches(store: Any, index: list[dict], n_docs: int = 64, max_len: i
     docs = [d for d in store.docs() if d.get("heldout")]
     if not docs:
         docs = store.docs()[-n_docs:]
-    from lm_diff.capture.activations import tokenizer_prefix
-
     prefix = tokenizer_prefix(store.tokenizer)
     groups: dict[str, list[list[int]]] = {"web": [], "chat": []}
     for d in docs:
@@ -35,11 +37,6 @@ def _heldout_batches(store: Any, index: list[dict], n_docs: int = 64, max_len: i
 def quality_metrics(cfg: RunConfig, pair: Any, store: Any, layer: int, diffs: dict, seed: int, index: list[dict],
                     loaded: dict) -> dict:
     """{"models": {role: {ev, fvu, l0, dead_fraction, rel_bias, delta_ce, kl}}, "crosscoders": {...}}."""
-    import torch
-
-    from lm_diff.diff.metrics import reconstruction_metrics, spliced_metrics
-    from lm_diff.models import load_models
-
     if "models" not in loaded:
         loaded["models"], loaded["tokenizer"] = load_models(cfg, pair)
     models = loaded["models"]

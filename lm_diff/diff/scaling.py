@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lm_diff.diff import device as xdev
 from lm_diff.diff.table import (
     TAG_SHARED,
     decode_batch,
@@ -54,25 +55,28 @@ class ScalingStats:
     is the direction d. Call :meth:`update` with (x_BMD, f_BL, xhat_BMD) batches, then :meth:`betas`.
     """
 
-    def __init__(self, W_dec_LMD: torch.Tensor, b_dec_MD: Optional[torch.Tensor], latents: Sequence[int], directions: Sequence[int]):
-        W = W_dec_LMD.detach().float().cpu()
+    def __init__(self, W_dec_LMD: torch.Tensor, b_dec_MD: Optional[torch.Tensor], latents: Sequence[int],
+                 directions: Sequence[int], device: Any = "cpu"):
+        self.dev = torch.device(device)   # where the statistics accumulate (batches are moved here)
+        W = W_dec_LMD.detach().float().to(self.dev)
         self.M = W.shape[1]
-        self.idx = torch.tensor(np.array(latents, dtype=np.int64))
-        self.dirs = torch.tensor(np.array(directions, dtype=np.int64))
+        self.idx = torch.tensor(np.array(latents, dtype=np.int64), device=self.dev)
+        self.dirs = torch.tensor(np.array(directions, dtype=np.int64), device=self.dev)
         self.Dir_KD = W[self.idx, self.dirs]  # [K, D]
         self.dn2 = (self.Dir_KD.double() ** 2).sum(-1)  # ||d||^2
         # d . d_j^m for every model m: [M, K]
         self.dd_MK = torch.stack([(self.Dir_KD * W[self.idx, m]).sum(-1) for m in range(self.M)]).double()
-        b = torch.zeros(self.M, W.shape[2]) if b_dec_MD is None else b_dec_MD.detach().float().cpu()
+        b = torch.zeros(self.M, W.shape[2], device=self.dev) if b_dec_MD is None else b_dec_MD.detach().float().to(self.dev)
         self.db_MK = (b @ self.Dir_KD.T).double()  # d . b_dec^m
         K = len(self.idx)
-        self.num = {t: torch.zeros(self.M, K, dtype=torch.float64) for t in TARGETS}
-        self.sum_f = torch.zeros(K, dtype=torch.float64)
-        self.sum_f2 = torch.zeros(K, dtype=torch.float64)
-        self.n_active = torch.zeros(K, dtype=torch.float64)
+        self.num = {t: torch.zeros(self.M, K, dtype=torch.float64, device=self.dev) for t in TARGETS}
+        self.sum_f = torch.zeros(K, dtype=torch.float64, device=self.dev)
+        self.sum_f2 = torch.zeros(K, dtype=torch.float64, device=self.dev)
+        self.n_active = torch.zeros(K, dtype=torch.float64, device=self.dev)
         self.n_tokens = 0
 
     def update(self, x_BMD: torch.Tensor, f_BL: torch.Tensor, xhat_BMD: torch.Tensor) -> None:
+        x_BMD, f_BL, xhat_BMD = x_BMD.to(self.dev), f_BL.to(self.dev), xhat_BMD.to(self.dev)
         fK = f_BL[:, self.idx].float()
         if not bool((fK != 0).any()):
             self.n_tokens += fK.shape[0]
@@ -100,7 +104,7 @@ class ScalingStats:
         out = {}
         for t in TARGETS:
             b = torch.where(ok, self.num[t] / torch.where(ok, den, torch.ones_like(den)), torch.full_like(self.num[t], float("nan")))
-            out[t] = b.numpy()
+            out[t] = b.cpu().numpy()
         return out
 
 
@@ -175,7 +179,8 @@ def latent_scaling(
     rows = scaling_rows(table, cfg, latents_B, latents_A, baseline, seed=seed)
     W = cc.W_dec_LMD.detach()
     b = getattr(cc, "b_dec_MD", None)
-    stats = ScalingStats(W, None if b is None else b.detach(), rows["latent"], rows["dir"])
+    stats = ScalingStats(W, None if b is None else b.detach(), rows["latent"], rows["dir"],
+                         device=xdev.stats_device(xdev.crosscoder_device(cc)))   # where the crosscoder is
     if tokens is None:
         tokens = int(getattr(cfg, "scaling_tokens", 10_000_000))
     batch_size = int(getattr(cfg, "stream_batch_size", 4096))
@@ -192,8 +197,8 @@ def latent_scaling(
     out["direction"] = np.where(out["dir"] == 1, "B", "A")
     dmap = table.set_index("latent")["delta_norm"]
     out["delta_norm"] = dmap.reindex(out["latent"]).to_numpy()
-    out["n_active"] = stats.n_active.numpy().astype(np.int64)
-    out["sum_f2"] = stats.sum_f2.numpy()
+    out["n_active"] = stats.n_active.cpu().numpy().astype(np.int64)
+    out["sum_f2"] = stats.sum_f2.cpu().numpy()
     M = W.shape[1]
     ia, ib = (0, 1) if M >= 2 else (0, 0)
     for t in TARGETS:

@@ -17,11 +17,24 @@ this) map them into the crosscoder's working (normalised) space, where decoder n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+
+from lm_diff.diff import device as xdev
+from lm_diff.diff.stream import (
+    _meta_tensor,
+    decode_batch,
+    doc_categories,
+    encode_batch,
+    iter_store,
+    progress_bar,
+    source_info,
+    store_tokens,
+)
+from lm_diff.io import atomic_path
 
 TAG_A_ONLY = "A-only"
 TAG_B_ONLY = "B-only"
@@ -144,139 +157,6 @@ def decoder_stats(cc: Any, cfg: Any = None) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Streaming helpers shared by diff / scaling / categorize / examples
-
-
-def encode_batch(cc: Any, acts_BMD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw store activations -> (x_BMD in the crosscoder's working space, f_BL). No gradients.
-
-    The working space is the normalised training space (``cc.normalise``); for a crosscoder whose normalisation was
-    folded into the weights it is the raw space. ``decode_batch`` returns reconstructions in the same space."""
-    with torch.no_grad():
-        x = acts_BMD.float()
-        if hasattr(cc, "normalise"):
-            x = cc.normalise(x)
-        try:
-            f = cc.encode(x, normalised=True)
-        except TypeError:  # stand-ins whose encode takes working-space inputs only
-            f = cc.encode(x)
-    return x, f
-
-
-def decode_batch(cc: Any, f_BL: torch.Tensor) -> torch.Tensor:
-    """Reconstruction x̂_BMD in the working space of :func:`encode_batch`."""
-    with torch.no_grad():
-        try:
-            return cc.decode(f_BL, denormalise=False)
-        except TypeError:
-            return cc.decode(f_BL)
-
-
-def iter_store(
-    store: Any,
-    layer: Any,
-    models: Sequence[int],
-    batch_size: int,
-    split: str = "all",
-    max_tokens: Optional[int] = None,
-    with_meta: bool = True,
-    shuffle_buffer: int = 0,
-    seed: int = 0,
-) -> Iterator[tuple[torch.Tensor, dict]]:
-    """Yield ``(acts_BMD, meta)`` from ``store.iter_batches`` (meta = {} when ``with_meta`` is False), stopping after
-    ``max_tokens`` tokens (the last batch is cut)."""
-    seen = 0
-    it = store.iter_batches(
-        batch_size, layer, models=tuple(models), split=split, shuffle_buffer=shuffle_buffer, seed=seed, with_meta=with_meta
-    )
-    for item in it:
-        if with_meta:
-            acts, meta = item
-        else:
-            acts, meta = (item[0] if isinstance(item, tuple) else item), {}
-        acts = torch.as_tensor(acts)
-        if max_tokens is not None and seen + acts.shape[0] > max_tokens:
-            keep = max_tokens - seen
-            acts = acts[:keep]
-            meta = {k: v[:keep] for k, v in meta.items()}
-        seen += acts.shape[0]
-        if acts.shape[0]:
-            yield acts, meta
-        if max_tokens is not None and seen >= max_tokens:
-            return
-
-
-def store_tokens(store: Any, split: str = "all") -> Optional[int]:
-    """Number of tokens in ``store`` for a split when the store says (``n_tokens`` / ``split_tokens``), else None."""
-    fn = getattr(store, "split_tokens", None)
-    if callable(fn):
-        try:
-            return int(fn(split))
-        except Exception:  # noqa: BLE001 - optional nicety for progress totals only
-            pass
-    n = getattr(store, "n_tokens", None)
-    return int(n) if isinstance(n, (int, np.integer)) and split == "all" else None
-
-
-def source_info(store: Any) -> tuple[list[str], list[Optional[str]]]:
-    """Source labels of ``store`` (indexed by the per-token ``source_id``) and each source's benchmark category.
-
-    ``store.sources`` may list strings, or mappings with ``label``/``name`` and an optional ``category``; a store may
-    also expose ``source_categories`` (label -> category)."""
-    labels: list[str] = []
-    cats: list[Optional[str]] = []
-    extra = getattr(store, "source_categories", None) or {}
-    for i, s in enumerate(getattr(store, "sources", None) or []):
-        if isinstance(s, dict):
-            label = str(s.get("label") or s.get("name") or s.get("source") or i)
-            cat = s.get("category")
-        else:
-            label, cat = str(s), None
-        labels.append(label)
-        cats.append(cat if cat is not None else extra.get(label))
-    return labels, cats
-
-
-def doc_categories(store: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(sorted doc ids, category code per doc id, category names) from ``store.docs()`` rows with a ``category``
-    (benchmark prompts); empty when the store has no categorised documents."""
-    docs = store.docs() if callable(getattr(store, "docs", None)) else []
-    pairs = [(int(d["doc_id"]), d.get("category")) for d in docs if d.get("category")]
-    cats = sorted({c for _, c in pairs})
-    if not pairs:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), []
-    index = {c: i for i, c in enumerate(cats)}
-    pairs.sort()
-    return np.array([p[0] for p in pairs], np.int64), np.array([index[p[1]] for p in pairs], np.int64), cats
-
-
-def _meta_tensor(meta: dict, key: str, n: int, dtype=torch.long) -> Optional[torch.Tensor]:
-    v = meta.get(key)
-    if v is None:
-        return None
-    t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
-    return t.to(dtype).reshape(n)
-
-
-def progress_bar(enabled: bool, description: str, total: Optional[float] = None):
-    """A rich progress context: ``with progress_bar(...) as advance: advance(n)``; a no-op when disabled."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def _cm():
-        if not enabled:
-            yield lambda n=1: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as p:
-            task = p.add_task(description, total=total)
-            yield lambda n=1: p.advance(task, n)
-
-    return _cm()
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # The table
 
 
@@ -314,58 +194,63 @@ def latent_table(
     S = len(labels)
     doc_keys, doc_codes, cats = doc_categories(store)
     C = len(cats)
-    c_cnt = torch.zeros(C, L, dtype=torch.float64)
-    c_sum = torch.zeros(C, L, dtype=torch.float64)
-    c_max = torch.zeros(C, L, dtype=torch.float64)
-    c_tok = torch.zeros(C, dtype=torch.float64)
+    sdev = xdev.stats_device(xdev.crosscoder_device(cc))   # the stage runs where the crosscoder is
+    c_cnt = torch.zeros(C, L, dtype=torch.float64, device=sdev)
+    c_sum = torch.zeros(C, L, dtype=torch.float64, device=sdev)
+    c_max = torch.zeros(C, L, dtype=torch.float64, device=sdev)
+    c_tok = torch.zeros(C, dtype=torch.float64, device=sdev)
     batch_size = int(getattr(cfg, "stream_batch_size", 4096))
-    cnt = torch.zeros(L, dtype=torch.float64)
-    tot = torch.zeros(L, dtype=torch.float64)
-    mx = torch.zeros(L, dtype=torch.float64)
-    tcnt = torch.zeros(L, dtype=torch.float64)
-    tsum = torch.zeros(L, dtype=torch.float64)
-    s_cnt = torch.zeros(S, L, dtype=torch.float64)
-    s_sum = torch.zeros(S, L, dtype=torch.float64)
-    s_max = torch.zeros(S, L, dtype=torch.float64)
-    s_tok = torch.zeros(S, dtype=torch.float64)
+    cnt = torch.zeros(L, dtype=torch.float64, device=sdev)
+    tot = torch.zeros(L, dtype=torch.float64, device=sdev)
+    mx = torch.zeros(L, dtype=torch.float64, device=sdev)
+    tcnt = torch.zeros(L, dtype=torch.float64, device=sdev)
+    tsum = torch.zeros(L, dtype=torch.float64, device=sdev)
+    s_cnt = torch.zeros(S, L, dtype=torch.float64, device=sdev)
+    s_sum = torch.zeros(S, L, dtype=torch.float64, device=sdev)
+    s_max = torch.zeros(S, L, dtype=torch.float64, device=sdev)
+    s_tok = torch.zeros(S, dtype=torch.float64, device=sdev)
     n_tokens = 0
     has_template = False
     total = max_tokens or store_tokens(store, split)
     with progress_bar(progress, f"latent table (layer {layer})", total) as advance:
         for acts, meta in iter_store(store, layer, models, batch_size, split=split, max_tokens=max_tokens):
             _, f = encode_batch(cc, acts)
-            f = f.double()
+            f = f.to(sdev).double()
             B = f.shape[0]
             on = (f > 0).double()
             n_tokens += B
             cnt += on.sum(0)
             tot += f.sum(0)
             mx = torch.maximum(mx, f.max(0).values)
-            tmpl = _meta_tensor(meta, "template", B, torch.bool)
+            tmpl = _meta_tensor(meta, "template", B, torch.bool, sdev)
             if tmpl is not None:
                 has_template = True
                 tw = tmpl.double()
                 tcnt += tw @ on
                 tsum += tw @ f
-            src = _meta_tensor(meta, "source_id", B)
+            src = _meta_tensor(meta, "source_id", B, device=sdev)
             if src is not None and S:
                 s_cnt.index_add_(0, src, on)
                 s_sum.index_add_(0, src, f)
-                s_tok.index_add_(0, src, torch.ones(B, dtype=torch.float64))
+                s_tok.index_add_(0, src, torch.ones(B, dtype=torch.float64, device=sdev))
                 s_max.scatter_reduce_(0, src[:, None].expand(-1, L), f, reduce="amax")
             doc = _meta_tensor(meta, "doc_id", B)
             if doc is not None and C:
                 pos = np.searchsorted(doc_keys, doc.numpy())
                 pos = np.clip(pos, 0, len(doc_keys) - 1)
                 code = np.where(doc_keys[pos] == doc.numpy(), doc_codes[pos], -1)
-                hit = torch.as_tensor(np.flatnonzero(code >= 0))
-                if len(hit):
-                    cid = torch.as_tensor(code[hit.numpy()])
+                hit_np = np.flatnonzero(code >= 0)
+                if len(hit_np):
+                    hit = torch.as_tensor(hit_np, device=sdev)
+                    cid = torch.as_tensor(code[hit_np], device=sdev)
                     c_cnt.index_add_(0, cid, on[hit])
                     c_sum.index_add_(0, cid, f[hit])
-                    c_tok.index_add_(0, cid, torch.ones(len(hit), dtype=torch.float64))
+                    c_tok.index_add_(0, cid, torch.ones(len(hit_np), dtype=torch.float64, device=sdev))
                     c_max.scatter_reduce_(0, cid[:, None].expand(-1, L), f[hit], reduce="amax")
             advance(B)
+    cnt, tot, mx, tcnt, tsum = (t.cpu() for t in (cnt, tot, mx, tcnt, tsum))
+    s_cnt, s_sum, s_max, s_tok = (t.cpu() for t in (s_cnt, s_sum, s_max, s_tok))
+    c_cnt, c_sum, c_max, c_tok = (t.cpu() for t in (c_cnt, c_sum, c_max, c_tok))
     n = max(n_tokens, 1)
     cols: dict[str, Any] = {
         "freq": (cnt / n).numpy(),
@@ -399,8 +284,6 @@ def latent_table(
 
 def save_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a DataFrame as parquet atomically (``attrs`` are kept by pandas' pyarrow writer)."""
-    from lm_diff.io import atomic_path
-
     with atomic_path(path, suffix=".parquet") as tmp:
         df.to_parquet(tmp, index=False)
     return Path(path)

@@ -1,0 +1,159 @@
+"""The run-config sections of the crosscoder and diff stages (models, crosscoder, diff) and their value checks.
+``lm_diff.config`` re-exports them: ``from lm_diff.config import CrosscoderConfig`` keeps working."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from lm_diff.config_schema import ConfigError, _device, _finite, _positive
+
+
+@dataclass
+class ModelsConfig:
+    base: str = "organisms://demo/base"
+    """Reference model A: a local directory, a hub id, or ``organisms://SIZE/NAME`` for a built model organism."""
+    finetuned: str = "organisms://demo/finetuned"
+    """Compared model B (the fine-tune), in the same forms as ``base``."""
+    anchor: Optional[str] = None
+    """Optional pretrained anchor P for the anchored design: crosscoders (P, A) and (P, B)."""
+    revision: Optional[str] = None
+    """Hub revision used for every hub id (ignored for local paths)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype when loading the models."""
+    device: str = "cpu"
+    """Torch device for model forwards (``cpu``, ``cuda``, ``cuda:1``, ``mps``); also the crosscoder's and the diff
+    stage's device unless ``crosscoder.device`` says otherwise."""
+    trust_remote_code: bool = False
+    """Allow model repos to run their own code. Off unless you ask for it."""
+
+
+
+@dataclass
+class CrosscoderConfig:
+    architecture: Literal["batchtopk", "l1"] = "batchtopk"
+    """Sparsity: BatchTopK (default, Minder et al.) or the Anthropic decoder-norm-weighted L1 penalty."""
+    dict_size: int = 1024
+    """Number of latents L (paper grade: 32 x d_model)."""
+    k: int = 32
+    """BatchTopK: mean active latents per token."""
+    k_initial: Optional[int] = None
+    """BatchTopK: start k for linear annealing down to ``k`` (None = no annealing)."""
+    k_anneal_steps: int = 0
+    """BatchTopK: steps over which k anneals from ``k_initial`` to ``k``."""
+    aux_alpha: float = 0.03125
+    """BatchTopK: weight of the auxiliary dead-latent loss (1/32)."""
+    dead_tokens: int = 10_000_000
+    """A latent is dead after this many tokens without firing (aux loss, dead fraction)."""
+    l1_coefficient: float = 1.0
+    """L1: sparsity coefficient (lambda / mu)."""
+    l1_loss: Literal["anthropic", "unsquared"] = "anthropic"
+    """L1: squared-error Anthropic loss, or the crosscoder_learning fork's unsquared-L2 form."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    batch_size: int = 2048
+    """Tokens per optimisation step."""
+    steps: int = 2000
+    """Optimisation steps."""
+    warmup_steps: int = 1000
+    """Linear learning-rate warmup steps."""
+    decay_fraction: float = 0.2
+    """Linear decay to zero over this final fraction of steps (0 = constant)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (0 = off)."""
+    normalisation: Literal["sqrt_d", "centre_scale", "none"] = "sqrt_d"
+    """Per-model activation normalisation stored with the checkpoint: scale so E||x|| = sqrt(d), or centre then scale."""
+    init_scale: float = 0.1
+    """Initial decoder row norm (W_dec = W_enc^T, identical across models)."""
+    seed: int = 0
+    """Seed of the initialisation and data order."""
+    shuffle_buffer: int = 65_536
+    """Tokens in the streaming shuffle buffer."""
+    checkpoint_every: int = 500
+    """Steps between resumable checkpoints."""
+    batchtopk_loss: Literal["unsquared", "mse"] = "unsquared"
+    """BatchTopK reconstruction term: crosscoder_learning's unsquared L2 per model, or summed squared error."""
+    threshold_start_step: int = 1000
+    """BatchTopK: step from which the EMA inference threshold (beta 0.999) is tracked."""
+    workers: int = 0
+    """Crosscoders trained at once (seeds, identity control), each in its own process with threads/workers threads;
+    0 = auto (up to 4, at most one per thread). Small crosscoders use two threads poorly, so on a 2-core machine two
+    1-thread processes train ~1.5x faster than one after the other. Not part of the stage key."""
+    device: str = "models"
+    """Torch device of the crosscoder: its training and every diff computation on it (latent table, latent scaling,
+    spliced metrics, quality, controls, examples): ``models`` (the default: the same as ``models.device``, resolved on
+    load, so one setting moves the whole run), or ``cpu``, ``cuda``, ``cuda:N``, ``mps``. Checkpoints load onto it.
+    Under ``torchrun`` with CUDA each rank takes ``cuda:LOCAL_RANK`` (NCCL); other devices use gloo."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Operand dtype of the training GEMMs (encoder, decoder and their gradients): ``auto`` = bfloat16 on CUDA, float32
+    elsewhere. Accumulation, biases, top-k selection, losses, statistics and the Adam state stay float32; float32 on
+    the CPU is the historical arithmetic, bit for bit."""
+    exclusive: int = 0
+    """Dedicated latents per model (0 = a standard crosscoder). With n > 0 the last n latents per model decode into
+    that model only and the other latents are shared with one decoder tied across models, so every difference between
+    the models must be carried by a dedicated latent (see docs/architecture.md, "dedicated latents")."""
+
+
+
+@dataclass
+class DiffConfig:
+    fine_tune_only: float = 0.9
+    """Delta-norm threshold for B-only latents (paper orientation: 1 = fine-tune only)."""
+    base_only: float = 0.1
+    """Delta-norm threshold for A-only latents."""
+    shared_band: list[float] = field(default_factory=lambda: [0.4, 0.6])
+    """Delta-norm band for shared latents."""
+    nu_eps_max: float = 0.2
+    """Latent scaling: keep B-only latents with nu_eps below this (removes Complete Shrinkage)."""
+    nu_r_max: float = 0.5
+    """Latent scaling: keep B-only latents with nu_r below this (removes Latent Decoupling)."""
+    nu_stable: list[float] = field(default_factory=lambda: [-0.1, 2.0])
+    """Ratios outside this range are flagged unstable."""
+    scaling_tokens: int = 10_000_000
+    """Tokens streamed for the latent-scaling sufficient statistics (capped by the store size)."""
+    top_examples: int = 100
+    """Top-activating windows stored per selected latent."""
+    window: int = 32
+    """Tokens per example window."""
+    stream_batch_size: int = 4096
+    """Tokens per batch when streaming the activation store in diff analyses (table, scaling, examples)."""
+    drop_unstable: bool = False
+    """Latent scaling: also require both ratios inside ``nu_stable`` for a latent to count as specific (off = paper rule)."""
+    quantiles: int = 10
+    """Activation quantiles sampled for quantile examples per selected latent (Delphi style)."""
+    random_examples: int = 50
+    """Random non-activating windows stored per selected latent."""
+
+
+def check_sections(cfg: Any, where: str) -> None:
+    """Value checks of ``models``, ``crosscoder`` and ``diff`` (types were checked while building); resolves
+    ``crosscoder.device: models`` to ``models.device``."""
+    for section in ("models", "crosscoder", "diff"):
+        _finite(where, section, getattr(cfg, section))
+    _device(where, "models.device", cfg.models.device)
+    if cfg.crosscoder.device == "models":
+        cfg.crosscoder.device = cfg.models.device
+    _device(where, "crosscoder.device", cfg.crosscoder.device)
+    x = cfg.crosscoder
+    for key in ("dict_size", "k", "lr", "batch_size", "steps", "shuffle_buffer", "checkpoint_every", "init_scale", "dead_tokens"):
+        _positive(where, f"crosscoder.{key}", getattr(x, key))
+    _positive(where, "crosscoder.workers", x.workers, allow_zero=True)
+    for key in ("warmup_steps", "aux_alpha", "l1_coefficient", "grad_clip", "k_anneal_steps", "threshold_start_step"):
+        _positive(where, f"crosscoder.{key}", getattr(x, key), allow_zero=True)
+    if x.k > x.dict_size:
+        raise ConfigError(f"{where}: crosscoder.k ({x.k}) must not exceed crosscoder.dict_size ({x.dict_size})")
+    if x.k_initial is not None and x.k_initial < x.k:
+        raise ConfigError(f"{where}: crosscoder.k_initial ({x.k_initial}) must be >= crosscoder.k ({x.k})")
+    if not 0 <= x.decay_fraction <= 1:
+        raise ConfigError(f"{where}: crosscoder.decay_fraction must be in [0, 1], got {x.decay_fraction}")
+    d = cfg.diff
+    if not 0 < d.base_only < d.fine_tune_only < 1:
+        raise ConfigError(f"{where}: diff.base_only < diff.fine_tune_only must both lie in (0, 1), got {d.base_only}, {d.fine_tune_only}")
+    for key in ("shared_band", "nu_stable"):
+        band = getattr(d, key)
+        if len(band) != 2 or band[0] >= band[1]:
+            raise ConfigError(f"{where}: diff.{key} must be [low, high] with low < high, got {band}")
+    _positive(where, "diff.scaling_tokens", d.scaling_tokens)
+    for key in ("stream_batch_size", "quantiles", "top_examples", "window"):
+        _positive(where, f"diff.{key}", getattr(d, key))
+    _positive(where, "diff.random_examples", d.random_examples, allow_zero=True)

@@ -159,3 +159,39 @@ def test_fingerprint_hub_uses_the_cached_commit(tmp_path, monkeypatch):
     assert model_fingerprint("org/name", None)["commit"] == "a" * 40
     assert model_fingerprint("org/name", None, "v2")["commit"] == "b" * 40
     assert model_fingerprint("org/name", None, "c" * 40)["commit"] == "c" * 40
+
+
+def test_device_auto_loads_with_device_map_and_sources_load_lazily(tmp_path, tok, monkeypatch):
+    import transformers
+
+    import lm_diff.models as models_mod
+    from lm_diff.config import load_config
+    from lm_diff.models import load_tokenizer, model_pair, model_sources
+
+    d = tmp_path / "m"
+    make_tiny_model("llama", 0, layers=2, out=d)
+    tok.save_pretrained(str(d))
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(src, **kw):
+        seen.update(kw)
+        kw.pop("device_map", None)
+        return real(src, **kw)
+
+    monkeypatch.setattr(models_mod.AutoModelForCausalLM, "from_pretrained", spy)
+    load_model(str(d), ModelsConfig(device="auto"))
+    assert seen["device_map"] == "auto"
+    seen.clear()
+    load_model(str(d), ModelsConfig())
+    assert "device_map" not in seen
+
+    cfg = load_config("demo", overrides={"models.base": str(d), "models.finetuned": str(d)})
+    pair = model_pair(cfg)
+    calls = []
+    monkeypatch.setattr(models_mod, "load_model", lambda spec, c: calls.append(spec) or ("model", None))
+    sources = model_sources(cfg, pair)
+    assert [s.name for s in sources] == ["A", "B"] and calls == []  # nothing loaded yet
+    assert sources[1].load() == "model" and calls == [str(d)]
+    assert sources[0].identity == pair.fingerprints[0] and "content" in sources[0].identity
+    assert load_tokenizer(cfg, pair).get_vocab() == tok.get_vocab()

@@ -166,7 +166,7 @@ def test_device_auto_loads_with_device_map_and_sources_load_lazily(tmp_path, tok
 
     import lm_diff.models as models_mod
     from lm_diff.config import load_config
-    from lm_diff.models import load_tokenizer, model_pair, model_sources
+    from lm_diff.models import layer_count, load_tokenizer, model_pair, model_sources
 
     d = tmp_path / "m"
     make_tiny_model("llama", 0, layers=2, out=d)
@@ -195,3 +195,4 @@ def test_device_auto_loads_with_device_map_and_sources_load_lazily(tmp_path, tok
     assert sources[1].load() == "model" and calls == [str(d)]
     assert sources[0].identity == pair.fingerprints[0] and "content" in sources[0].identity
     assert load_tokenizer(cfg, pair).get_vocab() == tok.get_vocab()
+    assert layer_count(cfg, pair) == 2

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lm_diff.config import ModelsConfig, RunConfig
 from lm_diff.errors import UserError
@@ -45,7 +45,7 @@ from lm_diff.plugins.hookspecs import hookimpl
 from lm_diff.plugins.manager import hook
 
 __all__ = ["ModelSource", "Pair", "check_pair", "crosscoder_pairs", "decoder_layers", "decoder_layers_path",
-           "hidden_size", "layer_output", "load_model", "load_models", "load_tokenizer", "model_fingerprint",
+           "hidden_size", "layer_count", "layer_output", "load_model", "load_models", "load_tokenizer", "model_fingerprint",
            "model_pair", "model_sources", "n_layers", "resolve_layers", "resolve_model_path"]
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -153,6 +153,23 @@ def load_tokenizer(cfg: RunConfig, pair: Pair) -> Any:
         raise UserError("cannot diff these models: " + ". ".join(problems) + ". A crosscoder needs identical token "
                         "ids: compare a fine-tune with the base model it was trained from.")
     return toks[0]
+
+
+def layer_count(cfg: RunConfig, pair: Pair) -> int:
+    """Decoder layers of the run's first model, from its config.json alone (for ``resolve_layers`` before loading)."""
+    s, p = pair.specs[0], pair.paths[0]
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.models.trust_remote_code)}
+    if p is None:
+        kwargs["revision"] = cfg.models.revision
+    try:
+        conf = AutoConfig.from_pretrained(str(p or s), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the config of {s!r}: {str(exc).splitlines()[0]}") from None
+    conf = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(conf, key, None), int):
+            return int(getattr(conf, key))
+    raise UserError(f"the config of {s!r} names no layer count (num_hidden_layers)")
 
 
 def load_models(cfg: RunConfig, pair: Pair) -> tuple[list, Any]:

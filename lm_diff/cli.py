@@ -17,6 +17,7 @@ from lm_diff.bench import lm_eval_cli
 from lm_diff.errors import UserError
 from lm_diff.report import from_runs
 from lm_diff.run import pipeline
+from lm_diff.run import plan as run_plan
 
 
 def _console():
@@ -134,6 +135,11 @@ def cmd_capture(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    run_plan.print_plan(run_plan.plan(_load(args), gpu=args.gpu, model_config=args.model_config), as_json=args.json)
+    return 0
+
+
 def cmd_train(args) -> int:
     fn = pipeline.run_train_stage
     fn(_load(args), Path(args.out))
@@ -230,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("capture", cmd_capture, "Capture paired residual-stream activations of both models into an activation store.")
     config_args(sp)
     sp.add_argument("--out", required=True, help="run directory")
+
+    sp = add("plan", cmd_plan, "Estimate each stage's FLOPs, time, device/host memory and disk before running (no weights).")
+    config_args(sp)
+    sp.add_argument("--gpu", choices=list(run_plan.ACCELERATORS), default="h100", help="accelerator (default: h100)")
+    sp.add_argument("--model-config", default=None, help="a model's config.json (or its directory) used for every model")
+    sp.add_argument("--json", action="store_true", help="print one JSON object with a 'stages' list")
 
     sp = add("train", cmd_train, "Train the crosscoder(s) on a captured activation store.")
     config_args(sp)

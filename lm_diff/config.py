@@ -66,6 +66,9 @@ class CaptureConfig:
     """Seed for the corpus mixture order."""
     backend: Literal["nnsight", "hooks"] = "nnsight"
     """Capture forward: nnsight trace with early stop (default), or plain torch forward hooks (same activations)."""
+    simultaneous: bool = False
+    """Forward each batch through every model at once (all models resident). Default: model by model, one resident
+    at a time, over the same token ids; both write the same store."""
 
 
 

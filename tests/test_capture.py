@@ -142,20 +142,23 @@ def _same_store(a, b):
         assert filecmp.cmp(a / name, b / name, shallow=False), name
 
 
-def test_resume_is_exact(tmp_path, tok, pair, monkeypatch):
+@pytest.mark.parametrize("simultaneous", [False, True])
+def test_resume_is_exact(tmp_path, tok, monkeypatch, simultaneous):
     docs = make_docs(6)
     pair = [make_tiny_model("llama", s, layers=3, hidden=32) for s in (0, 1)]
-    c = cfg(backend="hooks", dtype="float16", shard_tokens=20)
+    c = cfg(backend="hooks", dtype="float16", shard_tokens=20, simultaneous=simultaneous)
     ref = capture(list(pair), tok, docs, [1, 2], tmp_path / "ref", c, progress=False)
     assert len(ActivationStore(ref).shards) >= 3
 
     class Boom(Exception):
         pass
 
-    # crash mid-shard (after a batch), right after a shard commit, and between a shard write and its commit record
-    for i, when in enumerate([("batch", 2), ("shard", 1)]):
+    # crash mid-shard (after a batch), right after a shard commit, after a part commit (model by model: model A's
+    # pass), and between a shard write and its commit record
+    crashes = [("batch", 2), ("shard", 1)] + ([] if simultaneous else [("part", 2), ("batch", 9)])
+    for i, when in enumerate(crashes):
         out = tmp_path / f"run{i}"
-        n = {"batch": 0, "shard": 0}
+        n = {"batch": 0, "shard": 0, "part": 0}
 
         def cb(ev, when=when, n=n):
             n[ev["event"]] += 1
@@ -169,24 +172,32 @@ def test_resume_is_exact(tmp_path, tok, pair, monkeypatch):
             ActivationStore(out)
         capture(list(pair), tok, docs, [1, 2], out, c, progress=False)
         _same_store(ref, out)
+        assert not (out / "parts").exists()
 
     import lm_diff.io as io
 
     out = tmp_path / "torn"
     real = io.write_json
     calls = {"n": 0}
+    # progress.json writes: 1 = fresh state; simultaneous: 2, 3 = shards 0, 1; model by model: parts of A, then the
+    # pass switch, then the shards
+    torn = 3 if simultaneous else 4 + len(ActivationStore(ref).shards)
 
     def flaky(path, obj):
         if str(path).endswith("progress.json"):
             calls["n"] += 1
-            if calls["n"] == 3:  # shard 1 is on disk, its commit record is not
+            if calls["n"] == torn:  # shard 1 is on disk, its commit record is not
                 raise Boom
         return real(path, obj)
 
     monkeypatch.setattr(io, "write_json", flaky)
+    import lm_diff.capture.activations as act
+
+    monkeypatch.setattr(act, "write_json", flaky)
     with pytest.raises(Boom):
         capture(list(pair), tok, docs, [1, 2], out, c, progress=False)
     monkeypatch.setattr(io, "write_json", real)
+    monkeypatch.setattr(act, "write_json", real)
     assert (out / "shard_00001.safetensors").exists()
     capture(list(pair), tok, docs, [1, 2], out, c, progress=False)
     _same_store(ref, out)
@@ -200,3 +211,83 @@ def test_complete_store_is_reused_and_mismatch_refused(tmp_path, tok, pair):
     assert (out / "meta.json").stat().st_mtime_ns == mtime
     with pytest.raises(UserError, match="already holds a complete activation store"):
         capture(list(pair), tok, docs, [2], out, cfg(backend="hooks"), progress=False)
+
+
+def _store_files(d):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name != "progress.json")
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_model_by_model_equals_simultaneous_bitwise(tmp_path, tok, kind):
+    """One model resident at a time (sources loaded on demand) writes the same bytes as every model at once."""
+    import gc
+    import weakref
+
+    from lm_diff.capture.forward import model_identity
+    from lm_diff.models import ModelSource
+
+    docs = make_docs(8)
+    c = cfg(backend="hooks", dtype="float16", shard_tokens=30)
+    ref_models = [make_tiny_model(kind, s, layers=3, hidden=64) for s in (0, 1, 2)]
+    ids = [model_identity(m) for m in ref_models]
+    both = capture(ref_models, tok, docs, [0, 2], tmp_path / "sim", cfg(backend="hooks", dtype="float16",
+                   shard_tokens=30, simultaneous=True), progress=False, model_names=["P", "A", "B"])
+    del ref_models
+    alive: list = []
+    loads = []
+
+    def loader(seed):
+        def load():
+            gc.collect()
+            assert all(r() is None for r in alive), "a previous model is still resident"
+            m = make_tiny_model(kind, seed, layers=3, hidden=64)
+            alive.append(weakref.ref(m))
+            loads.append(seed)
+            return m
+        return load
+
+    sources = [ModelSource(n, loader(s), ids[s]) for n, s in (("P", 0), ("A", 1), ("B", 2))]
+    seq = capture(sources, tok, docs, [0, 2], tmp_path / "seq", c, progress=False)
+    assert loads == [0, 1, 2]
+    assert _store_files(both) == _store_files(seq) and not (seq / "parts").exists()
+    for name in _store_files(both):
+        assert filecmp.cmp(both / name, seq / name, shallow=False), name
+    s = ActivationStore(seq)
+    assert s.models == ["P", "A", "B"] and s.n_models == 3 and len(s.shards) > 2
+
+
+def test_disk_check_fails_before_writing(tmp_path, tok, pair, monkeypatch):
+    import collections
+
+    import lm_diff.capture.disk as disk
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 5000, 5000))
+    out = tmp_path / "small" / "s"
+    docs = make_docs()
+    with pytest.raises(UserError) as exc:
+        capture(list(pair), tok, docs, [1, 2], out, cfg(backend="hooks"), progress=False)
+    msg = str(exc.value)
+    n = sum(len(ch[2]) for ch in plan_chunks(docs, tok, 12, 100_000, 0.2)["chunks"])
+    need = disk.store_bytes(n, 2, 2, 64, "float32")
+    assert "needs about" in msg and "0.00 GB is free" in msg
+    assert "capture.max_tokens" in msg and "stream" in msg and "--out" in msg
+    assert not out.exists()
+    # the estimate is the store's actual size within the side-file margin
+    monkeypatch.undo()
+    done = capture(list(pair), tok, docs, [1, 2], out, cfg(backend="hooks"), progress=False)
+    shards = sum(p.stat().st_size for p in done.glob("shard_*.safetensors"))
+    assert need <= shards <= need * 1.2 + 4096 * len(ActivationStore(done).shards)
+
+
+def test_non_finite_activation_stops_with_one_error(tmp_path, tok):
+    models = [make_tiny_model("llama", s, layers=3, hidden=32) for s in (0, 1)]
+    with torch.no_grad():
+        models[1].model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    out = tmp_path / "s"
+    for simultaneous in (False, True):
+        with pytest.raises(UserError, match=r"model B .*layer 1, document 0, token 0") as exc:
+            capture(models, tok, make_docs(), [0, 1], out, cfg(backend="hooks", simultaneous=simultaneous),
+                    progress=False, model_names=["A", "B"])
+        assert "non-finite" in str(exc.value)
+        assert not (out / "meta.json").exists() and not list(out.glob("shard_*"))

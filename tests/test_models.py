@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
-import types
 
 import pytest
 from helpers import make_tiny_model, make_tokenizer
@@ -90,9 +88,9 @@ def test_load_local_dir_and_organisms(tmp_path, tok, monkeypatch):
     assert not model.training and t.get_vocab() == tok.get_vocab()
     assert next(model.parameters()).dtype.is_floating_point
 
-    fake = types.ModuleType("lm_diff.organisms")
-    fake.resolve_spec = lambda spec: d if spec == "organisms://tiny/base" else None
-    monkeypatch.setitem(sys.modules, "lm_diff.organisms", fake)
+    import lm_diff.models as models_mod
+
+    monkeypatch.setattr(models_mod, "resolve_spec", lambda spec: d if spec == "organisms://tiny/base" else None)
     model2, _ = load_model("organisms://tiny/base", ModelsConfig(dtype="bfloat16"))
     import torch
 
@@ -115,3 +113,86 @@ def test_hub_id_passes_revision_and_trust_remote_code_off(monkeypatch):
     with pytest.raises(UserError, match="cannot load model 'org/name'"):
         load_model("org/name", ModelsConfig(revision="abc"))
     assert seen["org/name"] == {"revision": "abc", "trust_remote_code": False}
+
+
+def test_fingerprint_hashes_full_content_and_caches(tmp_path, monkeypatch):
+    import os
+
+    import lm_diff.models.fingerprint as fpm
+    from lm_diff.models import model_fingerprint
+
+    monkeypatch.setenv("LM_DIFF_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    weights = d / "model.safetensors"
+    data = bytearray(os.urandom(5 << 20))  # 5 MiB: the old first/last-MiB hash missed the middle
+    weights.write_bytes(bytes(data))
+    first = model_fingerprint(str(d), d)
+    assert model_fingerprint(str(d), d) == first and len(list((tmp_path / "cache" / "hashes").iterdir())) == 2
+    st = weights.stat()
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert weights.stat().st_size == st.st_size
+    changed = model_fingerprint(str(d), d)
+    assert changed["content"] != first["content"]
+    # cached by (path, size, mtime): an unchanged file is not read again
+    calls = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: calls.append(str(f)) or real_open(f, *a, **k))
+    assert model_fingerprint(str(d), d) == changed
+    assert not [c for c in calls if c.endswith("model.safetensors")]
+    assert fpm.file_sha256(weights) == __import__("hashlib").sha256(bytes(data)).hexdigest()
+
+
+def test_fingerprint_hub_uses_the_cached_commit(tmp_path, monkeypatch):
+    import lm_diff.models.fingerprint as fpm
+    from lm_diff.models import model_fingerprint
+
+    monkeypatch.setattr(fpm.hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    assert model_fingerprint("org/name", None) == {"spec": "org/name", "revision": None, "commit": None}
+    refs = tmp_path / "models--org--name" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("a" * 40)
+    (refs / "v2").write_text("b" * 40)
+    assert model_fingerprint("org/name", None)["commit"] == "a" * 40
+    assert model_fingerprint("org/name", None, "v2")["commit"] == "b" * 40
+    assert model_fingerprint("org/name", None, "c" * 40)["commit"] == "c" * 40
+
+
+def test_device_auto_loads_with_device_map_and_sources_load_lazily(tmp_path, tok, monkeypatch):
+    import transformers
+
+    import lm_diff.models as models_mod
+    from lm_diff.config import load_config
+    from lm_diff.models import layer_count, load_tokenizer, model_pair, model_sources
+
+    d = tmp_path / "m"
+    make_tiny_model("llama", 0, layers=2, out=d)
+    tok.save_pretrained(str(d))
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(src, **kw):
+        seen.update(kw)
+        kw.pop("device_map", None)
+        return real(src, **kw)
+
+    monkeypatch.setattr(models_mod.AutoModelForCausalLM, "from_pretrained", spy)
+    load_model(str(d), ModelsConfig(device="auto"))
+    assert seen["device_map"] == "auto"
+    seen.clear()
+    load_model(str(d), ModelsConfig())
+    assert "device_map" not in seen
+
+    cfg = load_config("demo", overrides={"models.base": str(d), "models.finetuned": str(d)})
+    pair = model_pair(cfg)
+    calls = []
+    monkeypatch.setattr(models_mod, "load_model", lambda spec, c: calls.append(spec) or ("model", None))
+    sources = model_sources(cfg, pair)
+    assert [s.name for s in sources] == ["A", "B"] and calls == []  # nothing loaded yet
+    assert sources[1].load() == "model" and calls == [str(d)]
+    assert sources[0].identity == pair.fingerprints[0] and "content" in sources[0].identity
+    assert load_tokenizer(cfg, pair).get_vocab() == tok.get_vocab()
+    assert layer_count(cfg, pair) == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lm_diff.errors import UserError
+from lm_diff.organisms import corpus_docs
 
 
 def source_format(src: Any) -> str:
@@ -49,8 +50,6 @@ def _row_to_doc(row: Any, src: Any, where: str) -> dict | None:
 
 def _iter_rows(src: Any, fmt: str, seed: int, where: str) -> Iterator[Any]:
     if fmt == "organisms":
-        from lm_diff.organisms import corpus_docs
-
         genre = src.path.split(":", 1)[1] or "neutral"
         batch, k = 64, 0
         while True:
@@ -61,12 +60,12 @@ def _iter_rows(src: Any, fmt: str, seed: int, where: str) -> Iterator[Any]:
             k += 1
     if fmt == "hf":
         try:
-            import datasets
+            import datasets  # noqa: PLC0415 - heavy (seconds); only hub dataset sources need it
         except ImportError as exc:  # pragma: no cover
             raise UserError(f"{where}: reading HF datasets needs the 'datasets' package") from exc
         try:
             ds = datasets.load_dataset(src.path, split="train", streaming=True)
-        except Exception as exc:
+        except (OSError, ValueError, RuntimeError) as exc:  # not found, offline, bad config / split
             raise UserError(
                 f"{where}: could not open dataset {src.path!r} ({type(exc).__name__}: {exc}); "
                 "point path at a local txt/jsonl/parquet file or make the dataset available offline"
@@ -91,7 +90,7 @@ def _iter_rows(src: Any, fmt: str, seed: int, where: str) -> Iterator[Any]:
                 except json.JSONDecodeError as exc:
                     raise UserError(f"{where}: {path} line {n} is not valid JSON ({exc.msg})") from None
     elif fmt == "parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: PLC0415 - only parquet sources need pyarrow
 
         table = pq.read_table(path)
         if src.text_field not in table.column_names:

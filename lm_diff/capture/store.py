@@ -1,9 +1,11 @@
-"""On-disk sharded activation store (written by ``capture.py``, read by training and analysis).
+"""On-disk sharded activation store (written by ``capture.activations``, read by training and analysis).
 
 Layout of a store directory::
 
     meta.json                  written last: its presence marks a complete store (format lm_diff.activation_store/v1)
-    progress.json              resume record while capturing (fingerprint, next chunk, committed shards)
+    progress.json              resume record while capturing (fingerprint, mode, model, next shard, committed shards)
+    parts/                     while capturing model by model: each earlier model's share of each shard (removed
+                               as the shard is written)
     shard_00000.safetensors    acts_<layer> [N, M, D] (float16 by default) + per-token metadata + fp64 partial sums
     stats.safetensors          fp32 running statistics per layer (merged exactly from the shards' fp64 sums)
     docs.jsonl                 one row per captured document: doc_id, source, category, chat, heldout, text, offsets
@@ -19,6 +21,8 @@ Held-out rule: a document is held out iff ``sha256(f"lm_diff-heldout:{doc_id}")`
 
 Streaming: ``iter_batches`` reads one shard's layer tensor at a time (safetensors, no pickle) and shuffles through a
 bounded buffer that is refilled at 50 %, so peak memory is O(shuffle_buffer + shard size), not O(corpus).
+``shard_batches`` is that batching over any shard reader: ``capture.stream.ActivationStream`` feeds it shards
+computed on the fly, so training reads a stream and a store through the same code.
 """
 
 from __future__ import annotations
@@ -26,9 +30,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from lm_diff.errors import UserError
+from lm_diff.io import save_safetensors
 
 FORMAT = "lm_diff.activation_store/v1"
 META_KEYS = ("token_id", "doc_id", "position", "source_id", "template", "heldout")
@@ -47,55 +57,160 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# bytes per stored token besides the activations: token_id, doc_id, position, source_id (int32) + template, heldout
+META_BYTES_PER_TOKEN = 4 * 4 + 2
 
 
-def write_shard(path: Path, acts: dict[int, Any], meta: dict[str, Any], dtype: str) -> dict[str, Any]:
-    """Write one shard atomically: ``acts`` maps layer -> fp32 [N, M, D]; ``meta`` holds the per-token columns.
+def model_part(acts: dict[int, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """One model's share of a shard: ``acts`` maps layer -> fp32 ``[N, D]``.
 
-    fp64 partial sums (``sum_<l>`` [M, D], ``normsum_<l>`` [M], ``normsq_<l>`` [M]) are computed from the fp32 values
-    before the cast to the storage dtype, and merged exactly (fp64 addition in shard order) by ``merge_stats``.
+    Returns ``acts_<l>`` [N, D] in the storage dtype and the fp64 partial sums ``sum_<l>`` [D], ``normsum_<l>`` [],
+    ``normsq_<l>`` [] computed from the fp32 values before the cast. Both capture modes build shards from these parts,
+    so model-by-model and simultaneous capture write the same bytes.
     """
-    import torch
+    out: dict[str, torch.Tensor] = {}
+    for layer, a_ND in acts.items():
+        a_ND = a_ND.float().contiguous()
+        norms_N = a_ND.norm(dim=-1).double()
+        out[f"acts_{layer}"] = a_ND.to(_DTYPES[dtype])
+        out[f"sum_{layer}"] = a_ND.double().sum(0)
+        out[f"normsum_{layer}"] = norms_N.sum()
+        out[f"normsq_{layer}"] = (norms_N * norms_N).sum()
+    return out
 
-    from lm_diff.io import save_safetensors
 
-    tensors: dict[str, Any] = {}
-    n = None
-    for layer, a in acts.items():
-        a = a.float()
-        n = a.shape[0]
-        norms = a.norm(dim=-1).double()  # [N, M]
-        tensors[f"acts_{layer}"] = a.to(getattr(torch, _DTYPES[dtype]))
-        tensors[f"sum_{layer}"] = a.double().sum(0)
-        tensors[f"normsum_{layer}"] = norms.sum(0)
-        tensors[f"normsq_{layer}"] = (norms * norms).sum(0)
+def shard_tensors(parts: Sequence[dict[str, torch.Tensor]], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Stack per-model parts (``model_part``, in store order) into the shard tensors: ``acts_<l>`` [N, M, D],
+    ``sum_<l>`` [M, D], ``normsum_<l>`` / ``normsq_<l>`` [M]."""
+    out: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        for key, dim in (("acts", 1), ("sum", 0), ("normsum", 0), ("normsq", 0)):
+            out[f"{key}_{layer}"] = torch.stack([p[f"{key}_{layer}"] for p in parts], dim=dim)
+    return out
+
+
+def write_shard(path: Path, parts: Sequence[dict[str, torch.Tensor]], meta: dict[str, Any],
+                layers: Sequence[int]) -> dict[str, Any]:
+    """Write one shard atomically from per-model parts (``model_part``) and the per-token metadata columns.
+
+    The fp64 partial sums are merged exactly (fp64 addition in shard order) by ``merge_stats``.
+    """
+    tensors = shard_tensors(parts, layers)
+    n = int(tensors[f"acts_{layers[0]}"].shape[0])
     for key in META_KEYS:
         tensors[key] = meta[key]
     # one metadata key only: safetensors writes the metadata map in hash order, and resumed shards must be byte-identical
     save_safetensors(path, tensors, metadata={"format": FORMAT})
-    return {"file": path.name, "rows": int(n)}
+    return {"file": path.name, "rows": n}
 
 
-def merge_stats(store_dir: Path, shards: Sequence[dict], layers: Sequence[int]) -> dict[str, Any]:
-    """fp32 mean_MD / mean_norm_M / mean_sq_norm_M per layer from the shards' fp64 partial sums (exact, order-fixed)."""
-    from safetensors import safe_open
+def shard_sums(tensors: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The fp64 partial sums of one shard (``sum_<l>``, ``normsum_<l>``, ``normsq_<l>``)."""
+    return {f"{key}_{layer}": tensors[f"{key}_{layer}"] for layer in layers for key in ("sum", "normsum", "normsq")}
 
-    total = sum(s["rows"] for s in shards)
-    acc: dict[str, Any] = {}
-    for s in shards:
-        with safe_open(str(store_dir / s["file"]), framework="pt") as fh:
-            for layer in layers:
-                for key in ("sum", "normsum", "normsq"):
-                    t = fh.get_tensor(f"{key}_{layer}")
-                    name = f"{key}_{layer}"
-                    acc[name] = t if name not in acc else acc[name] + t
-    out = {"count": total}
+
+def merge_sums(sums: Sequence[dict[str, torch.Tensor]], total: int, layers: Sequence[int]) -> dict[str, Any]:
+    """fp32 ``mean_<l>`` / ``mean_norm_<l>`` / ``mean_sq_norm_<l>`` from per-shard fp64 sums added in shard order."""
+    acc: dict[str, torch.Tensor] = {}
+    for s in sums:
+        for name, t in s.items():
+            acc[name] = t if name not in acc else acc[name] + t
+    out: dict[str, Any] = {"count": total}
     for layer in layers:
         out[f"mean_{layer}"] = (acc[f"sum_{layer}"] / max(total, 1)).float()
         out[f"mean_norm_{layer}"] = (acc[f"normsum_{layer}"] / max(total, 1)).float()
         out[f"mean_sq_norm_{layer}"] = (acc[f"normsq_{layer}"] / max(total, 1)).float()
     return out
+
+
+def merge_stats(store_dir: Path, shards: Sequence[dict], layers: Sequence[int]) -> dict[str, Any]:
+    """fp32 mean_MD / mean_norm_M / mean_sq_norm_M per layer from the shards' fp64 partial sums (exact, order-fixed)."""
+    sums = []
+    for s in shards:
+        with safe_open(str(store_dir / s["file"]), framework="pt") as fh:
+            sums.append({f"{key}_{layer}": fh.get_tensor(f"{key}_{layer}")
+                         for layer in layers for key in ("sum", "normsum", "normsq")})
+    return merge_sums(sums, sum(s["rows"] for s in shards), layers)
+
+
+def shard_batches(read: Callable[[int, Sequence[str]], tuple[torch.Tensor, dict]], n_shards: int, n_models: int,
+                  batch_size: int, models: Sequence[int] = (0, 1), split: str = "train", shuffle_buffer: int = 0,
+                  seed: int = 0, with_meta: bool = False, drop_last: bool = False) -> Iterator[Any]:
+    """The batching behind ``ActivationStore.iter_batches`` over any source of shards (the disk store, or a stream
+    that computes shards on the fly): ``read(shard_index, meta_keys) -> (acts_NMD, meta)``. Same arguments and
+    results as ``iter_batches``; the same shards give the same batches, bit for bit."""
+    if split not in ("train", "heldout", "all"):
+        raise UserError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+    idx = list(models)
+    bad = [m for m in idx if not 0 <= m < n_models]
+    if bad or not idx:
+        raise UserError(f"models {tuple(models)} out of range: the store holds {n_models} models (0..{n_models - 1})")
+    if batch_size <= 0:
+        raise UserError(f"batch_size must be > 0, got {batch_size}")
+    return _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, seed, with_meta, drop_last)
+
+
+def _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, seed, with_meta, drop_last):
+    gen = torch.Generator().manual_seed(int(seed))
+    order = list(range(n_shards))
+    if shuffle_buffer > 0:
+        order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
+    keys = META_KEYS if (with_meta or split != "all") else ()
+    sel = torch.tensor(idx)
+    buf_a: list[Any] = []
+    buf_m: list[dict] = []
+    count = 0
+
+    def cat():
+        a = torch.cat(buf_a) if len(buf_a) > 1 else buf_a[0]
+        m = {k: torch.cat([b[k] for b in buf_m]) for k in buf_m[0]} if buf_m and buf_m[0] else {}
+        return a, m
+
+    def emit(a, m, n):
+        for s in range(0, n - batch_size + 1, batch_size):
+            out = a[s:s + batch_size].float()
+            yield (out, {k: v[s:s + batch_size] for k, v in m.items()}) if with_meta else out
+
+    for si in order:
+        a, m = read(si, keys)
+        a = a.index_select(1, sel) if idx != list(range(n_models)) else a
+        if split != "all":
+            keep = m["heldout"] if split == "heldout" else ~m["heldout"]
+            if not bool(keep.all()):
+                a = a[keep]
+                m = {k: v[keep] for k, v in m.items()}
+        if not with_meta:
+            m = {}
+        if a.shape[0] == 0:
+            continue
+        buf_a.append(a)
+        buf_m.append(m)
+        count += a.shape[0]
+        if shuffle_buffer > 0:
+            if count < shuffle_buffer:
+                continue
+            a, m = cat()
+            perm = torch.randperm(count, generator=gen)
+            a, m = a[perm], {k: v[perm] for k, v in m.items()}
+            keep_n = shuffle_buffer // 2
+            n_out = ((count - keep_n) // batch_size) * batch_size
+        else:
+            a, m = cat()
+            n_out = (count // batch_size) * batch_size
+        yield from emit(a, m, n_out)
+        buf_a, buf_m = [a[n_out:]], [{k: v[n_out:] for k, v in m.items()}]
+        count -= n_out
+    if count:
+        a, m = cat()
+        if shuffle_buffer > 0:
+            perm = torch.randperm(count, generator=gen)
+            a, m = a[perm], {k: v[perm] for k, v in m.items()}
+        n_full = (count // batch_size) * batch_size
+        yield from emit(a, m, n_full)
+        if n_full < count and not drop_last:
+            out = a[n_full:].float()
+            yield (out, {k: v[n_full:] for k, v in m.items()}) if with_meta else out
 
 
 class ActivationStore:
@@ -163,8 +278,6 @@ class ActivationStore:
     # -- statistics ----------------------------------------------------------------------------------------------
     def stats(self, layer: int | None = None) -> dict[str, Any]:
         """fp32 running statistics over all tokens: ``mean_MD``, ``mean_norm_M``, ``mean_sq_norm_M``, ``count``."""
-        from safetensors.torch import load_file
-
         layer = self._check_layer(layer)
         if self._stats is None:
             self._stats = load_file(str(self.path / "stats.safetensors"))
@@ -178,8 +291,6 @@ class ActivationStore:
 
     # -- reading -------------------------------------------------------------------------------------------------
     def _read_shard(self, file: str, layer: int | None, meta_keys: Sequence[str]) -> tuple[Any, dict]:
-        from safetensors import safe_open
-
         with safe_open(str(self.path / file), framework="pt") as fh:
             acts = fh.get_tensor(f"acts_{layer}") if layer is not None else None
             meta = {k: fh.get_tensor(k) for k in meta_keys}
@@ -196,81 +307,16 @@ class ActivationStore:
         last batch may be short unless ``drop_last``. ``meta`` maps each of token_id, doc_id, position, source_id,
         template, heldout to a [B] tensor.
         """
-        import torch
-
         layer = self._check_layer(layer)
-        if split not in ("train", "heldout", "all"):
-            raise UserError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
-        idx = list(models)
-        bad = [m for m in idx if not 0 <= m < self.n_models]
-        if bad or not idx:
-            raise UserError(f"models {tuple(models)} out of range: the store holds {self.n_models} models (0..{self.n_models - 1})")
-        if batch_size <= 0:
-            raise UserError(f"batch_size must be > 0, got {batch_size}")
-        gen = torch.Generator().manual_seed(int(seed))
-        order = list(range(len(self.shards)))
-        if shuffle_buffer > 0:
-            order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
-        keys = META_KEYS if (with_meta or split != "all") else ()
-        sel = torch.tensor(idx)
-        buf_a: list[Any] = []
-        buf_m: list[dict] = []
-        count = 0
 
-        def cat():
-            a = torch.cat(buf_a) if len(buf_a) > 1 else buf_a[0]
-            m = {k: torch.cat([b[k] for b in buf_m]) for k in buf_m[0]} if buf_m and buf_m[0] else {}
-            return a, m
+        def read(si: int, keys: Sequence[str]) -> tuple[torch.Tensor, dict]:
+            return self._read_shard(self.shards[si]["file"], layer, keys)
 
-        def emit(a, m, n):
-            for s in range(0, n - batch_size + 1, batch_size):
-                out = a[s:s + batch_size].float()
-                yield (out, {k: v[s:s + batch_size] for k, v in m.items()}) if with_meta else out
-
-        for si in order:
-            a, m = self._read_shard(self.shards[si]["file"], layer, keys)
-            a = a.index_select(1, sel) if idx != list(range(self.n_models)) else a
-            if split != "all":
-                keep = m["heldout"] if split == "heldout" else ~m["heldout"]
-                if not bool(keep.all()):
-                    a = a[keep]
-                    m = {k: v[keep] for k, v in m.items()}
-            if not with_meta:
-                m = {}
-            if a.shape[0] == 0:
-                continue
-            buf_a.append(a)
-            buf_m.append(m)
-            count += a.shape[0]
-            if shuffle_buffer > 0:
-                if count < shuffle_buffer:
-                    continue
-                a, m = cat()
-                perm = torch.randperm(count, generator=gen)
-                a, m = a[perm], {k: v[perm] for k, v in m.items()}
-                keep_n = shuffle_buffer // 2
-                n_out = ((count - keep_n) // batch_size) * batch_size
-            else:
-                a, m = cat()
-                n_out = (count // batch_size) * batch_size
-            yield from emit(a, m, n_out)
-            buf_a, buf_m = [a[n_out:]], [{k: v[n_out:] for k, v in m.items()}]
-            count -= n_out
-        if count:
-            a, m = cat()
-            if shuffle_buffer > 0:
-                perm = torch.randperm(count, generator=gen)
-                a, m = a[perm], {k: v[perm] for k, v in m.items()}
-            n_full = (count // batch_size) * batch_size
-            yield from emit(a, m, n_full)
-            if n_full < count and not drop_last:
-                out = a[n_full:].float()
-                yield (out, {k: v[n_full:] for k, v in m.items()}) if with_meta else out
+        return shard_batches(read, len(self.shards), self.n_models, batch_size, models=models, split=split,
+                             shuffle_buffer=shuffle_buffer, seed=seed, with_meta=with_meta, drop_last=drop_last)
 
     def read_all(self, layer: int | None = None, models: Sequence[int] | None = None, split: str = "all") -> Any:
         """All activations of one layer as float32 [N, M, D] in store order (small stores and tests only)."""
-        import torch
-
         models = tuple(range(self.n_models)) if models is None else tuple(models)
         parts = list(self.iter_batches(1 << 30, layer, models=models, split=split))
         return torch.cat(parts) if parts else torch.zeros(0, len(models), self.d_model)
@@ -278,9 +324,6 @@ class ActivationStore:
     def token_table(self):
         """pandas DataFrame, one row per stored token in store order: token_id, doc_id, position, source_id, source,
         category, template, heldout."""
-        import pandas as pd
-        import torch
-
         cols: dict[str, list] = {k: [] for k in META_KEYS}
         for s in self.shards:
             _, m = self._read_shard(s["file"], None, META_KEYS)
@@ -310,8 +353,6 @@ class ActivationStore:
 
     def doc_token_ids(self, doc_id: int) -> list[int]:
         """Content token ids of a captured document (BOS excluded; ``position`` indexes this list)."""
-        from safetensors.torch import load_file
-
         d = self.doc(doc_id)
         if self._tokens is None:
             self._tokens = load_file(str(self.path / "doc_tokens.safetensors"))["tokens"]
@@ -320,7 +361,7 @@ class ActivationStore:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # noqa: PLC0415 - heavy (seconds); only decoding windows needs it
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path / "tokenizer"))
         return self._tokenizer

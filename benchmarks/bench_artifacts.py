@@ -1,4 +1,4 @@
-"""L1 vs BatchTopK sparsity artifacts (methods §3.1, B2): on the same paired activations of an organism pair, train an
+"""L1 vs BatchTopK sparsity artifacts (docs/method.md#sparsity-artifacts): on the same paired activations of an organism pair, train an
 L1 and a BatchTopK crosscoder with the same budget, and count the latents that look model-exclusive by Δnorm alone
 and those left after latent scaling (ν^ε < 0.2 ∧ ν^r < 0.5). Minder et al. predict that L1 yields more Δ-only
 "exclusive" latents (Complete Shrinkage, Latent Decoupling) and that latent scaling removes most of them.

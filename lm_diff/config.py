@@ -150,9 +150,9 @@ class StatsConfig:
     confidence: float = 0.95
     """Confidence level of every interval."""
     bootstrap: int = 10000
-    """Bootstrap resamples (paired over documents; hierarchical over seeds and latents; methods B5: 10^4)."""
+    """Bootstrap resamples (paired over documents; hierarchical over seeds and latents; docs/method.md#permutation-null: 10^4)."""
     permutations: int = 10000
-    """Permutations for label-permutation nulls and association p-values (methods B3: 10^4; with 2000 the demo's q
+    """Permutations for label-permutation nulls and association p-values (docs/method.md#permutation-null: 10^4; with 2000 the demo's q
     values near 0.05 moved by ±0.006 between resampling seeds)."""
     min_count: int = 5
     """Categories with n_S + n_T below this are marked insufficient."""

@@ -91,7 +91,7 @@ class CrosscoderConfig:
     exclusive: int = 0
     """Dedicated latents per model (0 = a standard crosscoder). With n > 0 the last n latents per model decode into
     that model only and the other latents are shared with one decoder tied across models, so every difference between
-    the models must be carried by a dedicated latent (see docs/architecture.md, "dedicated latents")."""
+    the models must be carried by a dedicated latent (docs/method.md#dedicated-latents)."""
 
 
 

@@ -57,7 +57,7 @@ def bh_qvalues(p: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Category shift ratios (methods §1.3, B5)
+# Category shift ratios (docs/method.md#share-ratio, #katz-interval)
 
 
 def count_ratio(n_S: float, n_T: float) -> float:
@@ -84,7 +84,7 @@ def katz_share_ratio_ci(
 ) -> Interval:
     """Katz log interval for the share ratio R = (n_S/N_S)/(n_T/N_T) (returned as R, not R - 1).
 
-    log R +- z sqrt(1/n_S - 1/N_S + 1/n_T - 1/N_T)   (methods B5)
+    log R +- z sqrt(1/n_S - 1/N_S + 1/n_T - 1/N_T)   (docs/method.md#katz-interval)
 
     Haldane +1/2: ``always`` (default) adds 1/2 to each of the four cells of the 2x2 table (n -> n + 1/2, N -> N + 1)
     before computing the centre and the standard error, which keeps zero counts finite and reduces small-count bias;
@@ -230,7 +230,7 @@ def hierarchical_bootstrap(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Permutation null for category shifts (B3 iii)
+# Permutation null for category shifts (docs/method.md#permutation-null)
 
 
 def permutation_shift_null(

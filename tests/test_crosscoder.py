@@ -217,7 +217,7 @@ def test_dedicated_latents_keep_their_constraints_through_training(tmp_path):
     at initialisation and after training; planted A-only and B-only features are recovered in the matching block.
 
     Shared features here have the same direction in both models (the set-up dedicated latents are made for; with
-    rotated shared features each would cost a pair of dedicated latents, see docs/architecture.md)."""
+    rotated shared features each would cost a pair of dedicated latents, see docs/method.md#dedicated-latents)."""
     _, _, cfg, train = _planted_check("batchtopk", 96, 300)
     g = torch.Generator().manual_seed(3)
     n_shared, n_only, d, N = 24, 12, 32, 16384

@@ -9,7 +9,7 @@ Backends (``CaptureConfig.backend``):
   nnsight stays an in-function import: it is only needed by this backend (``hooks`` works without it).
   ``benchmarks/bench_capture.py`` (Gemma2 6 layers d=512, layer 3, 8192 tokens, 2 shared vCPUs under heavy
   contention) gave capture/2-HF-forward throughput ratios of 1.96 and 1.44 for nnsight and 1.59 and 2.04 for hooks in
-  two runs: the backends are within the machine's noise of each other (environment.md: nnsight on pre-tokenised ids
+  two runs: the backends are within the machine's noise of each other (docs/method.md#nnsight-padding: nnsight on pre-tokenised ids
   costs ~1.0-1.2x a plain forward, a fixed ~1-6 ms per trace), so the supported nnsight path stays the default.
 - ``hooks``: plain torch forward hooks on the decoder layers; the last one raises a private exception to stop the
   forward. No dependency on nnsight internals; use it when an architecture trips nnsight's tracing.
@@ -80,7 +80,7 @@ class NNsightRunner:
         if isinstance(model, TransformersModel):
             self.lm = model
         else:
-            # a private copy: nnsight switches the tokenizer it holds to left padding (environment.md §3)
+            # a private copy: nnsight switches the tokenizer it holds to left padding (docs/method.md#nnsight-padding)
             self.lm = TransformersModel(model, tokenizer=copy.deepcopy(tokenizer))
         self.path = decoder_layers_path(unwrap(model))
         self.layers = list(layers)

@@ -1,4 +1,4 @@
-"""LLM annotation of selected latents (methods §7.2, R9, B6): Delphi-style explain → detection scoring → F1 filter.
+"""LLM annotation of selected latents (docs/method.md#llm-annotation): Delphi-style explain → detection scoring → F1 filter.
 
 Off by default (``categories.method: grounded``). For each selected latent:
 
@@ -94,7 +94,7 @@ def detection_metrics(truth: Sequence[int], pred: Sequence[int]) -> dict[str, fl
 
 
 def compare_with_grounded(annotations, grounded, only_kept: bool = True) -> dict[str, Any]:
-    """Cohen's κ between LLM categories and grounded categories on the latents both label (methods B6).
+    """Cohen's κ between LLM categories and grounded categories on the latents both label (docs/method.md#llm-annotation).
 
     ``annotations``: output of :func:`annotate_latents`. ``grounded``: ``categorize.grounded_assign`` output (latent,
     category, auroc, assigned; possibly several rows per latent): each latent's grounded label is its assigned category

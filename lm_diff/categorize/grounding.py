@@ -1,4 +1,4 @@
-"""Grounded category assignment (methods §7.1, B6): latent -> category by enrichment on labelled prompts, no LLM.
+"""Grounded category assignment (docs/method.md#grounding): latent -> category by enrichment on labelled prompts, no LLM.
 
 For latent j and category c: a_j(p) = max over tokens of f_j on prompt p. AUROC_{j,c} = P[a_j(p) > a_j(p')] (+½ ties),
 p ∈ P_c, p' ∈ P_0 (neutral prompts, label ``neutral``). One-sided Mann–Whitney p-values (category > neutral) are
@@ -67,7 +67,7 @@ def store_prompt_max_acts(
     """Token-max activations per document streamed from a store: returns ``(doc_ids [P], max_acts_PL [P, L])``.
 
     ``doc_ids`` restricts to those documents (others are skipped; order kept as given); ``exclude_template`` ignores
-    chat-template tokens (B9)."""
+    chat-template tokens (docs/method.md#template-tokens)."""
     L = cc.W_dec_LMD.shape[0] if latents is None else len(latents)
     idx = None if latents is None else torch.as_tensor(np.asarray(latents, dtype=np.int64))
     want = None if doc_ids is None else np.asarray(doc_ids, dtype=np.int64)
@@ -119,7 +119,7 @@ def grounded_assign(
     neutral: str = NEUTRAL,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Grounded enrichment of every latent × category pair (§7.1).
+    """Grounded enrichment of every latent × category pair (docs/method.md#grounding).
 
     ``max_acts_PL``: [P, L] token-max activations; ``prompt_categories``: P labels, each a category name, ``neutral``
     (background P_0), or a list of names (a prompt in several categories). ``taxonomy``: Category objects or names; a

@@ -1,7 +1,7 @@
-"""Category shifts between two latent sets (methods R10, B3 iii, B5): S = B-specific, T = the comparison set.
+"""Category shifts between two latent sets (docs/method.md#share-ratio, #permutation-null, #katz-interval): S = B-specific, T = the comparison set.
 
 Per category c (``category_shift``): n_c^S, n_c^T, N_S, N_T; **count ratio** n_c^S/n_c^T − 1 and **share ratio**
-(n_c^S/N_S)/(n_c^T/N_T) − 1 (both printed: the seed's formula is unknown, §1.3); a Katz log CI (Haldane +½) on the
+(n_c^S/N_S)/(n_c^T/N_T) − 1 (both printed: the seed's formula is unknown, docs/method.md#share-ratio); a Katz log CI (Haldane +½) on the
 share ratio; Fisher exact p per category and BH q across categories; optional activation-mass shares
 M_c = Σ_{j∈S∩c} mass_j / Σ_{j∈S} mass_j (mass_j = E_x[f_j]·‖d_j‖) with percentile bootstrap CIs over latents;
 optional hierarchical bootstrap CIs over crosscoder seeds then latents; optional label-permutation p-values.

@@ -1,4 +1,4 @@
-"""Validation controls (methods §6, B3, B4): seed matching, identity control, random-init null, permutation null.
+"""Validation controls (docs/method.md#identity-control, #random-init-null, #seed-matching, #permutation-null): seed matching, identity control, random-init null, permutation null.
 
 - :func:`match_decoders`: Hungarian matching (``scipy.optimize.linear_sum_assignment``) of the latents of two
   crosscoders by cosine similarity of the concatenated decoders [d^A; d^B].
@@ -171,7 +171,7 @@ def random_init_null(make_crosscoder: Callable[[int], Any], seeds: Sequence[int]
 
 
 def category_permutation_null(S_PC: np.ndarray, T_PC: np.ndarray, stats_cfg: Any = None) -> dict[str, np.ndarray]:
-    """Label-permutation null for category shifts with ``StatsConfig.permutations`` permutations (B3 iii)."""
+    """Label-permutation null for category shifts with ``StatsConfig.permutations`` permutations (docs/method.md#permutation-null)."""
     return permutation_shift_null(
         S_PC, T_PC, n_perm=int(getattr(stats_cfg, "permutations", 10_000)), seed=int(getattr(stats_cfg, "seed", 0))
     )

@@ -1,4 +1,4 @@
-"""Activating examples per selected latent (methods R8), Delphi-compatible.
+"""Activating examples per selected latent (docs/method.md#activating-examples), Delphi-compatible.
 
 Two streamed passes over the store:
 

@@ -1,8 +1,8 @@
-"""Crosscoder quality metrics (methods §5), per model on held-out tokens.
+"""Crosscoder quality metrics (docs/method.md#quality-gates), per model on held-out tokens.
 
 Forms used (all in raw activation space, after de-normalising the reconstruction):
 
-- ``fvu`` = Σ_x ‖x − x̂‖² / Σ_x ‖x − x̄‖² and ``ev`` = 1 − fvu (methods §5 formula; x̄ = mean over the evaluated tokens).
+- ``fvu`` = Σ_x ‖x − x̂‖² / Σ_x ‖x − x̄‖² and ``ev`` = 1 − fvu (docs/method.md#quality-gates; x̄ = mean over the evaluated tokens).
 - ``ev_centred`` = 1 − Σ_d Var(x − x̂)_d / Σ_d Var(x)_d (SAELens / dictionary_learning form; ignores a constant bias
   in the residual). Both are reported; the quality gate uses ``ev``.
 - ``l0`` = mean number of active latents per token (latents are shared, so it is one number for all models).

@@ -1,4 +1,4 @@
-"""Quality gates (methods B1): reconstruction metrics on held-out tokens and spliced ΔCE / KL per model, for the
+"""Quality gates (docs/method.md#quality-gates): reconstruction metrics on held-out tokens and spliced ΔCE / KL per model, for the
 crosscoder(s) of the main seed, on held-out web-like and chat-like documents of the capture store."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Latent Scaling (methods §3.4, R7): closed-form β per model from streamed sufficient statistics, ratios ν, selection.
+"""Latent Scaling (docs/method.md#latent-scaling): closed-form β per model from streamed sufficient statistics, ratios ν, selection.
 
 For latent j, fix a direction d (d_j^B for B-only candidates, d_j^A for A-only candidates) and fit one scalar per model
 m and target y^m, using the tokens where f_j(x) ≠ 0 (tokens with f_j = 0 add nothing to either sum):

@@ -1,6 +1,6 @@
-"""Per-latent table (methods R6): decoder-norm statistics, tags and streamed activation statistics, one row per latent.
+"""Per-latent table (docs/method.md#latent-table): decoder-norm statistics, tags and streamed activation statistics, one row per latent.
 
-**Δnorm orientation.** Every ``delta_norm`` in lm_diff is in the *paper* orientation (Minder et al. §3.3):
+**Δnorm orientation.** Every ``delta_norm`` in lm_diff is in the *paper* orientation (Minder et al. §3.3; docs/method.md#delta-norm):
 
     Δ_j = ½ ((‖d_j^B‖ − ‖d_j^A‖) / max(‖d_j^A‖, ‖d_j^B‖) + 1),   1 = fine-tune (B) only, 0 = base (A) only.
 
@@ -172,7 +172,7 @@ def latent_table(
     out: Optional[str | Path] = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """One row per latent (R6), streamed over the store in one pass.
+    """One row per latent (docs/method.md#latent-table), streamed over the store in one pass.
 
     Columns: ``latent, norm_A, norm_B, delta_norm`` (paper: 1 = B only), ``dec_norm_diff_code`` (= 1 − Δ, the
     crosscoder_learning column), ``r`` = ‖d^B‖/(‖d^A‖+‖d^B‖), ``cos`` (d^A, d^B), ``enc_norm_A, enc_norm_B, enc_delta``

@@ -230,8 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="output directory (default: the content-addressed cache)")
     sp.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
 
-    sp = add("eval", cmd_eval, "Run lm-eval with lm_diff's tasks on the include path (works in editable installs).")
-    sp.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="arguments passed to lm_eval")
+    # Every argument, flags included (--model hf ..., -h), belongs to lm-eval: with '+' as the only prefix this parser
+    # sees none of them as its own options, so REMAINDER takes them all (argparse leaves a leading '--flag' unmatched).
+    eval_help = "Run lm-eval with lm_diff's tasks on the include path (works in editable installs)."
+    sp = sub.add_parser("eval", help=eval_help, description=eval_help, prefix_chars="+", add_help=False)
+    sp.set_defaults(handler=cmd_eval)
+    sp.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="arguments passed to lm_eval (e.g. --model hf ...)")
 
     sp = add("capture", cmd_capture, "Capture paired residual-stream activations of both models into an activation store.")
     config_args(sp)

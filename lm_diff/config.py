@@ -143,6 +143,17 @@ class BenchmarksConfig:
     """Extra task directories (lm_diff's own tasks are always included)."""
     task_categories: dict[str, str] = field(default_factory=dict)
     """Override task -> category mapping (otherwise read from each task's metadata)."""
+    model: str = "hf"
+    """lm-eval model backend (``--model``): ``hf`` (default), ``vllm``, ``hf-diff``, or any name in lm-eval's model
+    registry. For several GPUs with accelerate use ``hf`` with ``model_args: {parallelize: true}``."""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    """Extra lm-eval model arguments (``--model_args``), e.g. ``{parallelize: true}`` (hf) or ``{tensor_parallel_size: 2,
+    gpu_memory_utilization: 0.8}`` (vllm). ``pretrained`` comes from ``models``; ``dtype`` defaults to ``models.dtype``."""
+    confirm_run_unsafe_code: bool = False
+    """Allow tasks marked ``unsafe_code`` (they execute model-written code, e.g. humaneval): off by default."""
+    reuse: dict[str, str] = field(default_factory=dict)
+    """Reuse existing ``lm_eval --output_path ... --log_samples`` runs instead of running lm-eval: ``{A: dir, B: dir}``
+    (base and fine-tune; both or neither)."""
 
 
 @dataclass
@@ -270,6 +281,19 @@ def packaged_configs_dir() -> Path:
 # Validation (the machinery lives in lm_diff.config_schema)
 
 
+def _check_benchmarks(b: BenchmarksConfig, where: str) -> None:
+    if not b.tasks:
+        raise ConfigError(f"{where}: benchmarks.tasks must list at least one lm-eval task or group")
+    if not b.model.strip():
+        raise ConfigError(f"{where}: benchmarks.model must name an lm-eval model backend, e.g. hf or vllm")
+    if "pretrained" in b.model_args:
+        raise ConfigError(f"{where}: benchmarks.model_args.pretrained is set from models.base/models.finetuned; "
+                          "remove it from benchmarks.model_args")
+    if b.reuse and set(b.reuse) != {"A", "B"}:
+        raise ConfigError(f"{where}: benchmarks.reuse must give both A (base) and B (fine-tune) run directories, "
+                          f"got keys {sorted(b.reuse)}")
+
+
 def _check_values(cfg: RunConfig, where: str) -> None:
     """Checks of impossible values (types were checked while building)."""
     for i, layer in enumerate(cfg.layers):
@@ -307,8 +331,7 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         _positive(where, f"categories.annotator.{key}", getattr(an, key), allow_zero=True)
     if not 0 <= an.f1_min <= 1:
         raise ConfigError(f"{where}: categories.annotator.f1_min must be in [0, 1], got {an.f1_min}")
-    if not cfg.benchmarks.tasks:
-        raise ConfigError(f"{where}: benchmarks.tasks must list at least one lm-eval task or group")
+    _check_benchmarks(cfg.benchmarks, where)
     s = cfg.stats
     if not 0 < s.confidence < 1:
         raise ConfigError(f"{where}: stats.confidence must be in (0, 1), got {s.confidence}")

@@ -167,3 +167,124 @@ def test_errors_name_the_problem(tmp_path, monkeypatch):
         run_lm_eval("/nonexistent", ["no_such_task_xyz"], tmp_path / "o")
     with pytest.raises(UserError, match="no results"):
         find_run_files(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Faults (docs/faults.md): one UserError each, nothing half-written
+
+
+def _one_task_results() -> dict:
+    return {"results": {}, "configs": {"t": {}}, "samples": {"t": [{"doc_hash": "a", "prompt_hash": "b", "target_hash": "c",
+                                                                     "arguments": [], "resps": [], "filtered_resps": [],
+                                                                     "target": "x"}]}}
+
+
+def test_disk_full_is_one_user_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import lm_diff.bench.evaluate as ev
+
+    def full(rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ev, "_sample_lines", full)
+    with pytest.raises(UserError, match="no space left on the disk holding .*out.*nothing was left behind") as ei:
+        write_run(_one_task_results(), tmp_path / "out")
+    assert ei.value.exit_code == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_folder_is_one_user_error(tmp_path, monkeypatch):
+    import errno
+
+    import lm_diff.io
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(lm_diff.io.tempfile, "mkdtemp", denied)
+    with pytest.raises(UserError, match="cannot write the lm-eval run to .*Permission denied; choose a writable"):
+        write_run(_one_task_results(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_uncached_hub_id_offline_names_it_and_the_variable(tmp_path, monkeypatch):
+    from lm_diff.bench.evaluate import check_model_available
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(suites, "needs_defaults", lambda *a, **k: False)
+    with pytest.raises(UserError, match=r"'nobody/not-cached-xyz' is not in the local Hugging Face cache and HF_HUB_OFFLINE"):
+        run_lm_eval("nobody/not-cached-xyz", ["diff_gemma_self_reference"], tmp_path / "o")
+    with pytest.raises(UserError, match="does not exist"):
+        check_model_available(str(tmp_path / "no" / "such" / "model"))
+    check_model_available(str(tmp_path))  # an existing directory is fine
+    check_model_available("nobody/not-cached-xyz", backend="dummy")  # not a hub backend: not checked
+    assert not (tmp_path / "o").exists()
+
+
+def test_unsafe_code_task_needs_the_config_switch(tmp_path, env):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    data = env["root"] / "gen.jsonl"
+    (tasks / "tiny_unsafe.yaml").write_text(GEN_TASK.format(data=data).replace("tiny_gen_echo", "tiny_unsafe")
+                                            + "unsafe_code: true\n")
+    with pytest.raises(UserError, match="task tiny_unsafe .*benchmarks.confirm_run_unsafe_code: true"):
+        run_lm_eval("dummy", ["tiny_unsafe"], tmp_path / "o", limit=2, include_path=[tasks], backend="dummy",
+                    env_info=False)
+    out = run_lm_eval("dummy", ["tiny_unsafe"], tmp_path / "o", limit=2, include_path=[tasks], backend="dummy",
+                      env_info=False, confirm_run_unsafe_code=True)
+    assert len(find_run_files(out)[1]) == 1
+
+
+@pytest.mark.parametrize("backend,extra", [
+    ("vllm", {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.8}),
+    ("hf", {"parallelize": True}),
+])
+def test_backend_and_model_args_reach_simple_evaluate(tmp_path, monkeypatch, backend, extra):
+    import lm_diff.bench.evaluate as ev
+    from lm_diff.config import BenchmarksConfig
+
+    seen = {}
+
+    def fake_simple_evaluate(**kwargs):
+        seen.update(kwargs)
+        return _one_task_results()
+
+    monkeypatch.setattr(ev, "simple_evaluate", fake_simple_evaluate)
+    monkeypatch.setattr(suites, "needs_defaults", lambda *a, **k: False)
+    b = BenchmarksConfig(tasks=["diff_gemma_self_reference"], model=backend, model_args=extra, limit=4,
+                         confirm_run_unsafe_code=True)
+    ev.run_configured(b, str(tmp_path), tmp_path / "run", device="cuda", dtype="bfloat16")
+    assert seen["model"] == backend
+    assert seen["model_args"] == {"pretrained": str(tmp_path), "dtype": "bfloat16", **extra}
+    assert seen["limit"] == 4 and seen["device"] == "cuda" and seen["confirm_run_unsafe_code"] is True
+    assert ev.model_arguments("m", "float32", {"dtype": "float16", "pretrained": "ignored"}) == {
+        "pretrained": "m", "dtype": "float16"}
+
+
+def test_reused_runs(tmp_path):
+    from lm_diff.bench.evaluate import reused_runs
+
+    runs = reused_runs({"A": str(FIXTURES / "base"), "B": str(FIXTURES / "finetuned")})
+    assert runs == {"A": FIXTURES / "base", "B": FIXTURES / "finetuned"}
+    with pytest.raises(UserError, match="benchmarks.reuse.B is missing"):
+        reused_runs({"A": str(FIXTURES / "base")})
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "results_2026-01-01T00-00-00.json").write_text(json.dumps({"configs": {"t": {}}}))
+    with pytest.raises(UserError, match="benchmarks.reuse.A: .*--log_samples"):
+        reused_runs({"A": str(folder), "B": str(FIXTURES / "finetuned")})
+    with pytest.raises(UserError, match=r"benchmarks.reuse.A: .*no such lm-eval run directory"):
+        reused_runs({"A": str(tmp_path / "nope"), "B": str(FIXTURES / "finetuned")})
+
+
+def test_benchmarks_config_checks_name_the_key():
+    from lm_diff.config import ConfigError, RunConfig
+
+    for change, key in (({"model_args": {"pretrained": "x"}}, "benchmarks.model_args.pretrained"),
+                        ({"reuse": {"A": "a"}}, "benchmarks.reuse"), ({"model": " "}, "benchmarks.model")):
+        cfg = RunConfig()
+        for k, v in change.items():
+            setattr(cfg.benchmarks, k, v)
+        with pytest.raises(ConfigError, match=key):
+            cfg.validate()
+    RunConfig().validate()

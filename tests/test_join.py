@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lm_diff.bench.join import join_runs, load_run, paired_bootstrap_delta, score_gaps, sign_flip_pvalue
+from lm_diff.bench.join import join_runs, load_run, score_gaps, sign_flip_pvalue
 from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
+from lm_diff.stats import paired_bootstrap_diff
 
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))
@@ -124,12 +125,16 @@ def test_score_gaps_lower_is_better_flips_sign():
     assert g.loc["diff_demo_code_mc", "delta"] > 0
 
 
-def test_paired_bootstrap_and_sign_flip():
-    d = np.r_[np.ones(30), np.zeros(70)]
-    m, lo, hi = paired_bootstrap_delta(d, n_boot=2000, seed=1)
-    assert m == pytest.approx(0.3) and 0.2 < lo < 0.3 < hi < 0.4
-    m2, lo2, hi2 = paired_bootstrap_delta(d, strata=np.r_[np.zeros(30), np.ones(70)], n_boot=500)
-    assert lo2 == hi2 == pytest.approx(0.3)  # within-stratum resampling of constant strata has no variance
+def test_task_ci_is_stats_paired_bootstrap_and_pooled_rows_stratify():
+    j = join_runs(BASE, FT)
+    g = score_gaps(j, None, FAST).set_index("name")
+    sub = j[j.task == "diff_demo_code_mc"]
+    est, lo, hi = paired_bootstrap_diff(100 * sub.score_a, 100 * sub.score_b, n_boot=FAST.bootstrap, seed=FAST.seed)
+    assert (g.loc["diff_demo_code_mc", "ci_low"], g.loc["diff_demo_code_mc", "ci_high"]) == (lo, hi)
+    assert g.loc["overall", "test"].startswith("paired") and g.loc["overall", "n"] == len(j)
+
+
+def test_sign_flip():
     assert sign_flip_pvalue(np.zeros(10)) == 1.0
     assert sign_flip_pvalue(np.ones(20), n_perm=999) < 0.01
     assert sign_flip_pvalue(np.r_[np.ones(10), -np.ones(10)], n_perm=999) > 0.5

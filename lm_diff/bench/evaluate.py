@@ -4,19 +4,36 @@
 directory appears complete or not at all). ``find_run_files`` locates those files in either our layout or a real
 lm-eval output tree (``OUT/<model_name_sanitized>/results_<date>.json`` + ``samples_<task>_<date>.jsonl``), so the join
 code reads both.
+
+Backends: ``backend`` is any lm-eval model name (``hf``, ``vllm``, ``hf-diff``, ...); ``model_args`` are passed to it
+unchanged (``parallelize=True`` for accelerate multi-GPU with ``hf``). :func:`run_configured` runs one model with a
+``BenchmarksConfig``; :func:`reused_runs` checks ``benchmarks.reuse`` (existing ``lm_eval --output_path`` runs).
+
+Faults become one ``UserError`` each (docs/faults.md): a full disk or an unwritable folder while writing (nothing is
+left behind), a hub id missing from the local cache while ``HF_HUB_OFFLINE`` is set, an unknown task, a task marked
+``unsafe_code`` without ``benchmarks.confirm_run_unsafe_code``, a reused run without ``--log_samples`` output.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
+from unittest import mock
 
+from huggingface_hub import try_to_load_from_cache
+from lm_eval.evaluator import simple_evaluate
+from lm_eval.utils import handle_non_serializable, hash_string, sanitize_list
+
+from lm_diff.bench import suites
 from lm_diff.errors import UserError
+from lm_diff.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +45,6 @@ def _sanitize_model_name(name: str) -> str:
 
 def _sample_lines(samples: list[dict]) -> list[str]:
     """The JSONL lines lm-eval's ``EvaluationTracker.save_results_samples`` writes for one task."""
-    from lm_eval.utils import handle_non_serializable, sanitize_list
-
     lines = []
     for sample in samples:
         sample = dict(sample)
@@ -44,12 +59,25 @@ def _sample_lines(samples: list[dict]) -> list[str]:
     return lines
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_error(exc: OSError, out_dir: Path, what: str = "the lm-eval run") -> UserError:
+    """One message for an OSError while writing ``out_dir``: disk full, not writable, or the OS's own reason."""
+    if exc.errno in _NO_SPACE:
+        return UserError(f"no space left on the disk holding {out_dir} while writing {what}; free disk space or "
+                         "write the run to another disk (--out); nothing was left behind")
+    if exc.errno in _NO_WRITE:
+        return UserError(f"cannot write {what} to {out_dir}: {exc.strerror or exc}; choose a writable directory "
+                         "(--out) or fix its permissions; nothing was left behind")
+    return UserError(f"cannot write {what} to {out_dir}: {exc.strerror or exc}; nothing was left behind")
+
+
 def write_run(results: dict, out_dir: Path, *, model_name: str = "") -> Path:
-    """Write a ``simple_evaluate`` result (with ``samples``) as ``results.json`` + ``samples_<task>.jsonl``, atomically."""
-    from lm_eval.utils import handle_non_serializable, hash_string
+    """Write a ``simple_evaluate`` result (with ``samples``) as ``results.json`` + ``samples_<task>.jsonl``, atomically.
 
-    from lm_diff.io import atomic_dir
-
+    An ``OSError`` (disk full, unwritable folder) becomes one ``UserError`` and leaves no partial directory."""
     results = dict(results)
     samples: dict = results.pop("samples", None) or {}
     results["task_hashes"] = {
@@ -59,13 +87,48 @@ def write_run(results: dict, out_dir: Path, *, model_name: str = "") -> Path:
     results.setdefault("model_name", model_name)
     results.setdefault("model_name_sanitized", _sanitize_model_name(model_name))
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        for task, rows in samples.items():
-            with open(tmp / f"samples_{task}.jsonl", "w", encoding="utf-8") as fh:
-                fh.writelines(_sample_lines(rows))
-        text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
-        (tmp / "results.json").write_text(text, encoding="utf-8")
+    try:
+        with atomic_dir(out_dir) as tmp:
+            for task, rows in samples.items():
+                with open(tmp / f"samples_{task}.jsonl", "w", encoding="utf-8") as fh:
+                    fh.writelines(_sample_lines(rows))
+            text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+            (tmp / "results.json").write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise write_error(exc, out_dir) from None
     return out_dir
+
+
+_HUB_BACKENDS = {"hf", "hf-auto", "huggingface", "hf-diff", "vllm", "steered"}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_model_available(pretrained: str, backend: str = "hf") -> None:
+    """A missing local model directory, or a hub id absent from the local cache while ``HF_HUB_OFFLINE`` is set, is
+    one ``UserError`` naming it (lm-eval would fail deep inside transformers after loading the tasks)."""
+    if backend not in _HUB_BACKENDS or Path(pretrained).expanduser().exists():
+        return
+    if pretrained.startswith((".", "/", "~")) or pretrained.count("/") > 1:
+        raise UserError(f"model directory {pretrained} does not exist; check models.base/models.finetuned")
+    if _offline() and not isinstance(try_to_load_from_cache(pretrained, "config.json"), str):
+        raise UserError(
+            f"model {pretrained!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading "
+            f"it; download it once with network (`hf download {pretrained}`), unset HF_HUB_OFFLINE, or point the "
+            "model at a local directory"
+        )
+
+
+def model_arguments(pretrained: str, dtype: str, model_args: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """lm-eval ``model_args``: ``pretrained`` and ``dtype`` first, then the user's (which win, except ``pretrained``)."""
+    out: dict[str, Any] = {"pretrained": str(pretrained), "dtype": dtype}
+    out.update({k: v for k, v in (model_args or {}).items() if k != "pretrained"})
+    return out
+
+
+_UNSAFE_RE = re.compile(r"run task: (\S+) which is marked as unsafe")
 
 
 def run_lm_eval(
@@ -84,6 +147,8 @@ def run_lm_eval(
     model=None,
     confirm_run_unsafe_code: bool = False,
     env_info: bool = True,
+    backend: str = "hf",
+    model_args: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Evaluate ``pretrained`` (a local model directory or hub id) on ``tasks`` and write the run into ``out_dir``.
 
@@ -91,15 +156,9 @@ def run_lm_eval(
     built-in tasks are indexed only when a requested task needs them. ``model`` may be an already-built lm-eval ``LM``
     (then ``pretrained``/``device``/``dtype`` only label the run). ``env_info=False`` skips lm-eval's environment
     report (``pip list``, ``git`` and torch's collect_env in subprocesses, ~0.3 s a call) for internal re-scoring runs
-    such as the causal check. Returns ``out_dir``.
+    such as the causal check. ``backend`` and ``model_args`` select any lm-eval model (see :func:`model_arguments`).
+    Returns ``out_dir``.
     """
-    import contextlib
-    from unittest import mock
-
-    from lm_eval.evaluator import simple_evaluate
-
-    from lm_diff.bench import suites
-
     tasks = list(tasks)
     if not tasks:
         raise UserError("no lm-eval tasks given; set benchmarks.tasks")
@@ -113,17 +172,18 @@ def run_lm_eval(
         )
     t0 = time.perf_counter()
     if model is None:
-        model, model_args = "hf", {"pretrained": str(pretrained), "dtype": dtype}
+        check_model_available(str(pretrained), backend)
+        model, lm_args = backend, model_arguments(str(pretrained), dtype, model_args)
     else:
-        model_args = None
+        lm_args = None
     quiet = contextlib.ExitStack()
     if not env_info:
         quiet.enter_context(mock.patch("lm_eval.evaluator.add_env_info", lambda results: None))
         quiet.enter_context(mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None))
-    with quiet:
+    with quiet, _unsafe_code_message():
         results = simple_evaluate(
             model=model,
-            model_args=model_args,
+            model_args=lm_args,
             tasks=tasks,
             num_fewshot=num_fewshot,
             batch_size=batch_size,
@@ -144,6 +204,53 @@ def run_lm_eval(
     write_run(results, Path(out_dir), model_name=str(pretrained))
     log.info("lm-eval run written to %s", out_dir)
     return Path(out_dir)
+
+
+@contextlib.contextmanager
+def _unsafe_code_message():
+    """lm-eval's ValueError for a task marked unsafe_code → one UserError naming the config key."""
+    try:
+        yield
+    except ValueError as exc:
+        m = _UNSAFE_RE.search(str(exc))
+        if m is None:
+            raise
+        raise UserError(f"task {m.group(1)} executes model-written code (unsafe_code); set "
+                        "benchmarks.confirm_run_unsafe_code: true to allow it (lm_eval: --confirm_run_unsafe_code), "
+                        "preferably in a sandbox") from None
+
+
+def run_configured(bench: Any, pretrained: str, out_dir: Path, *, device: str, dtype: str,
+                   include_path: Iterable[str | os.PathLike] = ()) -> Path:
+    """:func:`run_lm_eval` with every field of a ``BenchmarksConfig`` (tasks, limit, few-shot, batch size, chat
+    template, backend, model_args, confirm_run_unsafe_code); ``include_path`` already resolved by the caller."""
+    return run_lm_eval(
+        pretrained, bench.tasks, out_dir, limit=bench.limit, num_fewshot=bench.num_fewshot,
+        batch_size=bench.batch_size, apply_chat_template=bench.apply_chat_template, include_path=include_path,
+        device=device, dtype=dtype, confirm_run_unsafe_code=bench.confirm_run_unsafe_code, backend=bench.model,
+        model_args=bench.model_args,
+    )
+
+
+def reused_runs(reuse: Mapping[str, str], resolve=Path) -> dict[str, Path]:
+    """``benchmarks.reuse`` checked: ``{role: run path}`` for existing lm-eval runs with ``--log_samples`` output.
+
+    ``resolve`` maps a config value to a path (``RunConfig.resolve_path``). Each problem is one ``UserError`` naming
+    the key."""
+    out: dict[str, Path] = {}
+    for role in ("A", "B"):
+        if role not in reuse:
+            raise UserError(f"benchmarks.reuse.{role} is missing; give both A (base) and B (fine-tune) run directories")
+        path = Path(resolve(reuse[role]))
+        try:
+            results, samples = find_run_files(path)
+        except UserError as exc:
+            raise UserError(f"benchmarks.reuse.{role}: {exc}") from None
+        if not samples:
+            raise UserError(f"benchmarks.reuse.{role}: {results} has no samples_<task>_<date>.jsonl next to it; rerun "
+                            "lm_eval with --log_samples (lm_diff pairs the two models document by document)")
+        out[role] = path
+    return out
 
 
 def find_run_files(path: str | os.PathLike) -> tuple[Path, dict[str, Path]]:
@@ -169,7 +276,10 @@ def find_run_files(path: str | os.PathLike) -> tuple[Path, dict[str, Path]]:
             raise UserError(f"{p}: no results*.json found; is this an lm-eval --output_path or lm_diff eval directory?")
         results = max(cands, key=lambda c: (c.name != "results.json", c.name))  # lm-eval names sort by date
         folder = results.parent
-    data = json.loads(results.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{results}: not valid JSON ({exc.msg} at line {exc.lineno}); rerun lm_eval to rewrite it") from None
     tasks = list((data.get("configs") or {}).keys())
     m = re.match(r"results_(.+)\.json$", results.name)
     suffix = f"_{m.group(1)}.jsonl" if m else ".jsonl"

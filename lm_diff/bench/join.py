@@ -6,12 +6,12 @@
 - ``join_runs(base, finetuned) -> DataFrame``: one row per ``(task, doc_id, filter)`` present in both runs, with equal
   ``doc_hash`` required. Mismatched suites, limits, documents, n-shot, filters, metrics or chat-template use raise ONE
   ``UserError`` naming what differs and how to fix it.
-- ``score_gaps(joined, task_categories, stats_cfg) -> DataFrame``: Δscore (fine-tune − base, in points = ×100 for metrics in
-  [0, 1]) per task, per category and overall, with paired bootstrap CIs over documents (stratified by task) and a paired
-  sign-flip permutation p-value.
+- ``score_gaps(joined, task_categories, stats_cfg) -> DataFrame`` (``lm_diff.bench.gaps``, re-exported here): Δscore
+  per task, per category and overall with paired bootstrap CIs and sign-flip p-values.
 
-The resampling helpers here are small pure functions (``paired_bootstrap_delta``: stratified by task, which
-``lm_diff.stats.paired_bootstrap_diff`` is not; ``sign_flip_pvalue``).
+Each logged per-item value is read as its metric's kind says (``lm_diff.bench.metric_kinds``): e.g. a perplexity task's
+``[loglikelihood, n_words]`` becomes log-likelihood per word with weight ``n_words``; corpus-level metrics (F1, BLEU, ...)
+keep the logged items for lm-eval's own aggregation. Unknown metrics are refused with a ``UserError`` naming them.
 """
 
 from __future__ import annotations
@@ -20,16 +20,23 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
+from lm_diff.bench.gaps import GAP_COLUMNS, score_gaps, sign_flip_pvalue
+from lm_diff.bench.metric_kinds import MetricKind, metric_kind, read_values
 from lm_diff.errors import UserError
 from lm_diff.io import read_jsonl
 
+__all__ = ["Run", "load_run", "join_runs", "score_gaps", "sign_flip_pvalue", "GAP_COLUMNS", "PRIMARY_METRICS"]
+
 PRIMARY_METRICS = ("acc", "exact_match", "acc_norm", "pass@1", "f1", "mcc")
 """Preferred primary metric per task, in order; otherwise the task's first metric."""
+
+_KNOWN_DIRECTION = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "brier_score", "ter"}
+"""Metrics whose compared quantity's direction comes from the kind table, not from the results' higher_is_better."""
 
 _DT_RE = re.compile(r"_(\d{4}-\d{2}-\d{2}T[\d\-:.]+)\.jsonl?$")
 
@@ -43,13 +50,17 @@ class Run:
     results: dict
     """The parsed results JSON."""
     samples: pd.DataFrame
-    """One row per (task, doc_id, filter): doc_hash, prompt_hash, metric, score, prompt, doc."""
+    """One row per (task, doc_id, filter): doc_hash, prompt_hash, metric, score (the per-item quantity of the metric's
+    kind, NaN for corpus-level kinds), weight (words/bytes/instructions; 1 otherwise), raw (the logged value), prompt,
+    doc."""
     model: str = ""
     """Model name from the results (``model_name`` or ``config.model_args``)."""
     tasks: list[str] = field(default_factory=list)
     """Leaf tasks (keys of ``configs``)."""
     metrics: dict[str, str] = field(default_factory=dict)
     """Primary metric per task."""
+    kinds: dict[str, MetricKind] = field(default_factory=dict)
+    """How each task's primary metric is read and compared (``lm_diff.bench.metric_kinds``)."""
 
     @property
     def n_shot(self) -> dict:
@@ -134,22 +145,6 @@ def _primary_metric(task: str, results: dict, first_row: Optional[dict]) -> str:
     return names[0]
 
 
-def _to_float(v: Any) -> float:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, (list, tuple)) and v:  # e.g. acc_all-style lists: use the mean
-        try:
-            return float(np.mean([float(x) for x in v]))
-        except (TypeError, ValueError):
-            return float("nan")
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 def _first_prompt(row: dict) -> Optional[str]:
     args = row.get("arguments")
     if isinstance(args, dict) and args:
@@ -175,6 +170,7 @@ def load_run(path: str | Path) -> Run:
     tasks = list(results["configs"])
     rows: list[dict] = []
     metrics: dict[str, str] = {}
+    kinds: dict[str, MetricKind] = {}
     missing = []
     for task in tasks:
         sp = _samples_file(results_path, layout, task)
@@ -184,7 +180,14 @@ def load_run(path: str | Path) -> Run:
         task_rows = read_jsonl(sp, fix="the samples file is truncated or corrupt, rerun lm_eval")
         metric = _primary_metric(task, results, task_rows[0] if task_rows else None)
         metrics[task] = metric
-        for r in task_rows:
+        logged = [r.get(metric) for r in task_rows]
+        example = next((v for v in logged if v is not None), None)
+        kind = kinds[task] = metric_kind(task, metric, results["configs"].get(task), example)
+        if kind.paired:
+            values, weights = read_values(kind, task, metric, logged)
+        else:
+            values, weights = np.full(len(logged), np.nan), np.ones(len(logged))
+        for r, v, w, raw in zip(task_rows, values, weights, logged):
             if "doc_id" not in r:
                 raise UserError(f"{sp}: rows have no doc_id; expected lm_eval --log_samples output")
             rows.append(
@@ -196,7 +199,9 @@ def load_run(path: str | Path) -> Run:
                     "prompt_hash": r.get("prompt_hash"),
                     "target_hash": r.get("target_hash"),
                     "metric": metric,
-                    "score": _to_float(r.get(metric)),
+                    "score": float(v),
+                    "weight": float(w),
+                    "raw": raw,
                     "prompt": _first_prompt(r),
                     "target": r.get("target") if isinstance(r.get("target"), str) else json.dumps(r.get("target")),
                     "doc": r.get("doc"),
@@ -207,10 +212,20 @@ def load_run(path: str | Path) -> Run:
             f"{results_path.parent}: no samples file for task(s) {', '.join(missing)}; rerun lm_eval with --log_samples "
             "(samples_<task>_<datetime>.jsonl must sit next to the results JSON)"
         )
-    cols = ["task", "doc_id", "filter", "doc_hash", "prompt_hash", "target_hash", "metric", "score", "prompt", "target", "doc"]
+    cols = ["task", "doc_id", "filter", "doc_hash", "prompt_hash", "target_hash", "metric", "score", "weight", "raw", "prompt",
+            "target", "doc"]
     samples = pd.DataFrame(rows, columns=cols)
     model = str(results.get("model_name") or (results.get("config") or {}).get("model_args") or results_path.parent.name)
-    return Run(path=results_path, results=results, samples=samples, model=model, tasks=tasks, metrics=metrics)
+    return Run(path=results_path, results=results, samples=samples, model=model, tasks=tasks, metrics=metrics, kinds=kinds)
+
+
+def _higher_is_better(run: Run, hib: dict, task: str) -> bool:
+    """Direction of the compared per-item quantity: the kind's for known metrics, else the results' ``higher_is_better``
+    (lm-eval's flag is about its aggregate: for perplexity it is False, but the compared log-likelihood rises)."""
+    kind = run.kinds.get(task)
+    if kind is not None and run.metrics[task] in _KNOWN_DIRECTION:
+        return kind.higher_is_better
+    return bool((hib.get(task) or {}).get(run.metrics[task], True))
 
 
 def _as_run(x: Run | str | Path) -> Run:
@@ -230,9 +245,10 @@ def _fmt(items, n: int = 5) -> str:
 def join_runs(base: Run | str | Path, finetuned: Run | str | Path) -> pd.DataFrame:
     """Pair base (A) and fine-tune (B) rows on (task, doc_id, filter); require equal doc_hash.
 
-    Returns columns task, doc_id, filter, doc_hash, metric, score_a, score_b, prompt, target, doc; ``df.attrs`` holds
-    ``models`` (A, B names), ``metrics`` {task: metric}, ``higher_is_better`` {task: bool}, ``n_shot`` and ``task_categories``
-    (from task metadata). Every mismatch is reported in one UserError.
+    Returns columns task, doc_id, filter, doc_hash, metric, score_a, score_b, weight, raw_a, raw_b, prompt, target, doc;
+    ``df.attrs`` holds ``models`` (A, B names), ``metrics`` {task: metric}, ``kinds`` {task: MetricKind},
+    ``higher_is_better`` {task: bool, of the compared per-item quantity}, ``n_shot`` and ``task_categories`` (from task
+    metadata). Every mismatch is reported in one UserError.
     """
     a, b = _as_run(base), _as_run(finetuned)
     problems: list[str] = []
@@ -286,6 +302,12 @@ def join_runs(base: Run | str | Path, finetuned: Run | str | Path) -> pd.DataFra
         desc = [f"{t} ({n} docs)" for t, n in bad_hash.groupby("task").size().items()]
         problems.append(f"doc_hash differs for {_fmt(desc)}: the two runs scored different document contents")
         fixes.append("evaluate both models on the same dataset version and task config")
+    bad_weight = both[(both.doc_hash_a == both.doc_hash_b) & (both.weight_a != both.weight_b)
+                      & both.weight_a.notna() & both.weight_b.notna()]
+    if len(bad_weight):
+        desc = [f"{t} ({n} docs)" for t, n in bad_weight.groupby("task").size().items()]
+        problems.append(f"word/byte/instruction counts differ for {_fmt(desc)}: the targets were split differently")
+        fixes.append("evaluate both models with the same lm-eval version and task config")
     if problems:
         uniq = list(dict.fromkeys(fixes))
         raise UserError(
@@ -300,6 +322,9 @@ def join_runs(base: Run | str | Path, finetuned: Run | str | Path) -> pd.DataFra
             "metric": both.metric_a,
             "score_a": both.score_a.astype(float),
             "score_b": both.score_b.astype(float),
+            "weight": both.weight_a.astype(float),
+            "raw_a": both.raw_a,
+            "raw_b": both.raw_b,
             "prompt": both.prompt_a,
             "target": both.target_a,
             "doc": both.doc_a,
@@ -310,7 +335,8 @@ def join_runs(base: Run | str | Path, finetuned: Run | str | Path) -> pd.DataFra
         "models": {"A": a.model, "B": b.model},
         "paths": {"A": str(a.path), "B": str(b.path)},
         "metrics": {t: a.metrics[t] for t in tasks},
-        "higher_is_better": {t: bool((hib_a.get(t) or {}).get(a.metrics[t], True)) for t in tasks},
+        "kinds": {t: a.kinds[t] for t in tasks},
+        "higher_is_better": {t: _higher_is_better(a, hib_a, t) for t in tasks},
         "n_shot": {t: a.n_shot.get(t) for t in tasks},
         "task_categories": {t: c for t in tasks if (c := a.task_category(t) or b.task_category(t))},
         "limit": a.limit,
@@ -318,145 +344,3 @@ def join_runs(base: Run | str | Path, finetuned: Run | str | Path) -> pd.DataFra
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Pure resampling helpers (small and vectorised; lm_diff.stats may provide equivalents)
-
-
-def paired_bootstrap_delta(
-    diffs: np.ndarray,
-    strata: Optional[np.ndarray] = None,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Mean of per-document differences with a percentile CI from a paired bootstrap over documents.
-
-    With ``strata`` (e.g. task ids) documents are resampled within each stratum, keeping each stratum's size fixed.
-    Returns (mean, ci_low, ci_high); NaN bounds for fewer than 2 documents.
-    """
-    d = np.asarray(diffs, dtype=float)
-    n = d.size
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(d.mean())
-    if n < 2:
-        return mean, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in pd.unique(np.asarray(strata))]
-    totals = np.zeros(n_boot)
-    chunk = max(1, int(2_000_000 // max(1, max(len(g) for g in groups))))
-    for g in groups:
-        dg = d[g]
-        for start in range(0, n_boot, chunk):
-            stop = min(n_boot, start + chunk)
-            idx = rng.integers(0, len(g), size=(stop - start, len(g)))
-            totals[start:stop] += dg[idx].sum(axis=1)
-    boots = totals / n
-    alpha = 1 - confidence
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return mean, float(lo), float(hi)
-
-
-def sign_flip_pvalue(diffs: np.ndarray, n_perm: int = 2000, seed: int = 0) -> float:
-    """Two-sided paired permutation p-value for mean(diffs) = 0 (random sign flips; add-one smoothing)."""
-    d = np.asarray(diffs, dtype=float)
-    d = d[d != 0]
-    if d.size == 0:
-        return 1.0
-    obs = abs(d.sum())
-    rng = np.random.default_rng(seed)
-    hits = 0
-    chunk = max(1, int(2_000_000 // d.size))
-    for start in range(0, n_perm, chunk):
-        k = min(n_perm, start + chunk) - start
-        signs = rng.integers(0, 2, size=(k, d.size)) * 2 - 1
-        hits += int((np.abs(signs @ d) >= obs - 1e-12).sum())
-    return float((hits + 1) / (n_perm + 1))
-
-
-def _stats_helpers():
-    """The resampling functions used by ``score_gaps`` (ours: lm_diff.stats.paired_bootstrap_diff has no strata)."""
-    return paired_bootstrap_delta, sign_flip_pvalue
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Score gaps
-
-GAP_COLUMNS = [
-    "level", "name", "category", "metric", "tasks", "n", "score_a", "score_b", "delta", "ci_low", "ci_high", "p_value",
-    "flips_up", "flips_down", "unit",
-]
-
-
-def _scale(scores: np.ndarray) -> tuple[float, str]:
-    s = scores[~np.isnan(scores)]
-    if s.size == 0 or (s.min() >= 0 and s.max() <= 1):
-        return 100.0, "points"
-    return 1.0, "raw"
-
-
-def score_gaps(joined: pd.DataFrame, task_categories: Optional[Mapping[str, str]] = None, stats_cfg: Any = None) -> pd.DataFrame:
-    """Δscore = B − A per task, per category and overall, with paired bootstrap CIs over documents.
-
-    ``task_categories`` maps task → category (falls back to ``joined.attrs['task_categories']``, then ``uncategorized``).
-    Scores use each task's primary metric; metrics in [0, 1] are reported in points (×100). Tasks whose metric is
-    lower-is-better have their sign flipped so that a positive Δ always means "B better". Category and overall rows pool
-    documents (weighted by size, like lm-eval's ``weight_by_size``) and resample within each task. Rows with a NaN score
-    in either model are dropped. Returns a DataFrame with ``GAP_COLUMNS`` (level ∈ task, category, overall).
-    """
-    from lm_diff.config import StatsConfig
-
-    cfg = stats_cfg or StatsConfig()
-    boot, perm = _stats_helpers()
-    cats = dict(joined.attrs.get("task_categories") or {})
-    cats.update(task_categories or {})
-    hib = joined.attrs.get("higher_is_better") or {}
-    df = joined.dropna(subset=["score_a", "score_b"]).copy()
-    rows = []
-    if df.empty:
-        return pd.DataFrame(columns=GAP_COLUMNS)
-    df["category"] = df.task.map(lambda t: cats.get(t) or "uncategorized")
-    scale_unit = {}
-    for t, g in df.groupby("task", sort=False):
-        scale_unit[t] = _scale(np.concatenate([g.score_a.to_numpy(), g.score_b.to_numpy()]))
-    df["sign"] = df.task.map(lambda t: 1.0 if hib.get(t, True) else -1.0)
-    df["scale"] = df.task.map(lambda t: scale_unit[t][0])
-    df["a"] = df.score_a * df.scale
-    df["b"] = df.score_b * df.scale
-    df["d"] = (df.b - df.a) * df.sign
-    task_codes = pd.factorize(df.task)[0]
-    df["_stratum"] = task_codes
-
-    def summarise(level: str, name: str, g: pd.DataFrame, category: Optional[str]) -> dict:
-        tasks = list(dict.fromkeys(g.task))
-        units = {scale_unit[t][1] for t in tasks}
-        metrics = sorted(set(g.metric))
-        delta, lo, hi = boot(g.d.to_numpy(), g._stratum.to_numpy() if len(tasks) > 1 else None,
-                             n_boot=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed)
-        p = perm(g.d.to_numpy(), n_perm=cfg.permutations, seed=cfg.seed)
-        return {
-            "level": level,
-            "name": name,
-            "category": category,
-            "metric": metrics[0] if len(metrics) == 1 else "mixed",
-            "tasks": tasks,
-            "n": int(len(g)),
-            "score_a": float(g.a.mean()),
-            "score_b": float(g.b.mean()),
-            "delta": delta,
-            "ci_low": lo,
-            "ci_high": hi,
-            "p_value": p,
-            "flips_up": int((g.d > 0).sum()),
-            "flips_down": int((g.d < 0).sum()),
-            "unit": units.pop() if len(units) == 1 else "mixed",
-        }
-
-    for t, g in df.groupby("task", sort=False):
-        rows.append(summarise("task", t, g, g.category.iloc[0]))
-    for c, g in df.groupby("category", sort=True):
-        rows.append(summarise("category", c, g, c))
-    rows.append(summarise("overall", "overall", df, None))
-    out = pd.DataFrame(rows, columns=GAP_COLUMNS)
-    out.attrs = {"confidence": cfg.confidence, "bootstrap": cfg.bootstrap, "models": joined.attrs.get("models")}
-    return out

@@ -4,6 +4,9 @@ All arguments go to lm-eval unchanged (``run`` is implied as in ``lm_eval``), ex
 added to the task search path: as ``--include_path <dir>`` when the user gave none, or prepended to the user's own
 ``--include_path`` (lm-eval's flag takes a single directory) by widening ``TaskManager``'s include path in-process. This
 works the same in editable and wheel installs, because it uses :func:`lm_diff.bench.suites.tasks_dir`.
+
+``lm-diff eval --model hf --model_args pretrained=... --tasks diff_gemma`` is the documented form (the CLI's ``eval``
+parser hands every argument, flags included, to :func:`main`). ``lm-diff eval --help`` prints lm-eval's help.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import functools
 import sys
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
+
+from lm_diff.bench.suites import quiet_own_overrides, tasks_dir
 
 SUBCOMMANDS = ("run", "ls", "validate")
 
@@ -38,7 +43,8 @@ def build_argv(argv: Sequence[str], tasks_dir: str) -> list[str]:
 @contextlib.contextmanager
 def include_tasks_dir(tasks_dir: str) -> Iterator[None]:
     """Inside the block, every ``TaskManager`` also searches ``tasks_dir`` (first, so user paths override it)."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # noqa: PLC0415 - ~2 s; lm_diff.cli imports this module at every start
+
 
     original = TaskManager.__init__
 
@@ -58,23 +64,27 @@ def include_tasks_dir(tasks_dir: str) -> Iterator[None]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run lm-eval's CLI on ``argv`` (default ``sys.argv[1:]``); returns its exit code."""
-    from lm_diff.bench.suites import quiet_own_overrides, tasks_dir
-
+    """Run lm-eval's CLI on ``argv`` (default ``sys.argv[1:]``); returns its exit code (``--help`` exits, as argparse)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     tdir = str(tasks_dir())
     full = build_argv(argv, tdir)
     if full and full[0] == "run" and len(full) > 1:
-        import lm_diff.bench.lm_eval_plugin  # noqa: F401  registers --model hf-diff
-    from lm_eval.__main__ import cli_evaluate
+        # registers --model hf-diff; imports torch and transformers (seconds), needed only to run
+        import lm_diff.bench.lm_eval_plugin  # noqa: F401, PLC0415
+    from lm_eval.__main__ import cli_evaluate  # noqa: PLC0415 - ~2 s; lm_diff.cli imports this module at every start
 
     quiet_own_overrides()
     saved = sys.argv
     sys.argv = ["lm-eval", *full]
+    asked_help = bool(full) and full[0] in {"-h", "--help"}
+    if asked_help:
+        print("usage: lm-diff eval [LM_EVAL_ARGUMENTS ...]  (lm-eval's CLI with lm_diff's tasks and --model hf-diff)\n")
     try:
         with include_tasks_dir(tdir):
             cli_evaluate()
     except SystemExit as exc:
+        if asked_help:
+            raise
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     finally:

@@ -5,9 +5,8 @@ category (``diff_demo_<category>``, own file, the category declared once in its 
 leaf tasks. Data is package data under ``lm_diff/data/`` loaded through ``custom_dataset: !function
 lm_diff.bench.suites.load_split``; generation tasks are scored by ``process_results: !function lm_diff.bench.suites.process_generation``.
 
-The wheel ships the YAML twice: ``lm_diff/_tasks`` (what :func:`tasks_dir` returns) and ``lm_eval/tasks/diff_*`` (so a
-stock ``lm_eval --tasks diff_demo`` finds it with no flags). In a source checkout :func:`tasks_dir` is the repo's
-``tasks/``.
+The wheel ships the YAML in ``lm_diff/_tasks`` (what :func:`tasks_dir` returns; in a source checkout it is the repo's
+``tasks/``); a stock ``lm_eval --tasks diff_demo`` finds it through the ``.pth`` hook of ``lm_diff.bench.lm_eval_hook``.
 
 ``python -m lm_diff.bench.suites write-yamls [--check]`` regenerates ``tasks/diff_demo`` from
 ``lm_diff/data/diff_demo/index.json``; ``python -m lm_diff.bench.suites path`` prints :func:`tasks_dir`.
@@ -44,8 +43,8 @@ __all__ = [  # re-exported: lm-eval task YAML, the pyproject entry point and cal
 class _OwnOverrideFilter(logging.Filter):
     """Drop lm-eval's 'Task X overrides existing task' warnings when both copies are lm_diff's own suites.
 
-    In a wheel install the suites exist in ``lm_eval/tasks/diff_*`` (zero-flag route) and in ``lm_diff/_tasks``
-    (include path); the include-path copy wins, which is what we want, so the warning is noise.
+    An environment that still holds copies in ``lm_eval/tasks/diff_*`` (wheels before the ``.pth`` route) indexes the
+    suites twice; the include-path copy wins, which is what we want, so the warning is noise.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

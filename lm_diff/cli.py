@@ -15,8 +15,7 @@ from typing import Any, Callable, Optional
 from lm_diff import organisms
 from lm_diff.bench import lm_eval_cli
 from lm_diff.errors import UserError
-from lm_diff.report import from_runs
-from lm_diff.run import pipeline
+from lm_diff.run import pipeline, reporting
 from lm_diff.run import plan as run_plan
 
 
@@ -168,13 +167,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    fn = from_runs.report_from_runs
+    fn = reporting.report_from_runs
     fn(base=args.base, finetuned=args.finetuned, diff=args.diff, out=Path(args.out), config=args.config)
     return 0
 
 
 def cmd_ci(args) -> int:
-    fn = from_runs.ci
+    fn = reporting.ci
     return int(
         fn(
             base=args.base,

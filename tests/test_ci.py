@@ -10,11 +10,11 @@ import pytest
 from lm_diff.cli import main
 from lm_diff.errors import UserError
 from lm_diff.report.ci_rules import evaluate_rules, parse_rule
-from lm_diff.report.from_runs import ci
+from lm_diff.run.reporting import ci
 
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))
-import make_fixtures as MF  # noqa: E402
+from diff_fixture import diff_artifacts  # noqa: E402
 
 BASE, FT = str(FIX / "lm_eval_runs" / "base"), str(FIX / "lm_eval_runs" / "finetuned")
 
@@ -28,7 +28,7 @@ def cfg_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def diff_run(tmp_path_factory):
-    return MF.write_diff_artifacts(tmp_path_factory.mktemp("diffrun"))
+    return diff_artifacts(tmp_path_factory.mktemp("diffrun"))
 
 
 def test_parse_rules():

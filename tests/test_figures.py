@@ -20,7 +20,7 @@ def _category(name, planted, shift=None, gap=None, **extra):
 
 def _report(finetuned="organisms://demo/finetuned", q_safety=0.01):
     return {
-        "schema": "lm_diff.report.build/v1",
+        "schema": "lm_diff.report/v1",
         "generated_at": "2026-01-02T03:04:05+00:00",
         "run": {"config": {"models": {"base": "organisms://demo/base", "finetuned": finetuned},
                            "stats": {"confidence": 0.95}},

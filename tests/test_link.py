@@ -16,6 +16,7 @@ from lm_diff.link.association import (
     exposure,
     sign_agreement,
 )
+from lm_diff.link.table import link_categories, make_category_table
 
 FAST = StatsConfig(bootstrap=200, permutations=400)
 
@@ -169,3 +170,40 @@ def test_ablate_latents_hook_subtracts_decoder_contribution(tuple_out):
         with ablate_latents_hook(cc, lat, model_index=1, layer=1, model=B) as info:
             B(ids)
         assert info["approximate"] is True
+
+
+def test_linked_q_is_bh_over_the_categories_whose_score_moved():
+    """q_linked: BH over the categories with a significant score gap only; agreement uses it, q_value stays BH over all."""
+    gap_up = {"delta": 50.0, "ci_low": 40.0, "ci_high": 60.0}
+    shifts = [  # name, share ratio, p, q over all categories, score gap
+        ("safety", 1.2, 0.01, 0.06, gap_up),
+        ("multilingual", 0.9, 0.04, 0.09, gap_up),
+        ("math", 2.0, 0.001, 0.011, {"delta": 1.0, "ci_low": -2.0, "ci_high": 4.0}),  # score did not move
+        ("code", -0.5, 0.30, 0.40, {"delta": -50.0, "ci_low": -60.0, "ci_high": -40.0}),
+    ]
+    cats = [{"name": n, "latent_shift": {"share_ratio": sr, "p_value": p, "q_value": q, "insufficient": False}}
+            for n, sr, p, q, _ in shifts]
+    gaps = [{"name": n, "level": "category", **g} for n, *_, g in shifts]
+    by = {c["name"]: c for c in link_categories(cats, gaps, alpha=0.05)}
+    # family {safety, multilingual, code}: p (0.01, 0.04, 0.30) -> BH (0.03, 0.06, 0.30)
+    assert by["safety"]["latent_shift"]["q_linked"] == pytest.approx(0.03)
+    assert by["multilingual"]["latent_shift"]["q_linked"] == pytest.approx(0.06)
+    assert by["code"]["latent_shift"]["q_linked"] == pytest.approx(0.30)
+    assert "q_linked" not in by["math"]["latent_shift"]
+    assert by["safety"]["agreement"] is True  # q_value 0.06 alone would not pass
+    assert by["multilingual"]["agreement"] is None and by["code"]["agreement"] is None and by["math"]["agreement"] is None
+    assert by["safety"]["latent_shift"]["q_value"] == 0.06
+
+
+def test_category_table_takes_the_shift_vocabulary():
+    """The shift table's ci_low/ci_high/p_value/q_value/method go into latent_shift as they are; pooled rows carry
+    their clusters; a category only in the score gaps gets a row without a shift."""
+    shift = pd.DataFrame({"category": ["safety"], "share_ratio": [0.5], "count_ratio": [0.2], "ci_low": [0.1],
+                          "ci_high": [0.9], "p_value": [0.01], "q_value": [0.02], "n_S": [5], "n_T": [2], "N_S": [10],
+                          "N_T": [10], "insufficient": [False], "method": ["pooled_seeds"], "clusters": [4]})
+    (row,) = make_category_table(shift)
+    ls = row["latent_shift"]
+    assert (ls["ci_low"], ls["ci_high"], ls["p_value"], ls["q_value"]) == (0.1, 0.9, 0.01, 0.02)
+    assert ls["method"] == "pooled_seeds" and ls["clusters"] == 4
+    rows = link_categories([row], [{"name": "code", "level": "category", "delta": 1.0, "ci_low": -1.0, "ci_high": 3.0}])
+    assert [r["name"] for r in rows] == ["safety", "code"] and rows[1]["latent_shift"] is None

@@ -6,18 +6,18 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lm_diff.cli import main
 from lm_diff.config import load_config
+from lm_diff.run.pipeline import capture_key, run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_organisms, tmp_path_factory):
-    from lm_diff.run.pipeline import run
-
     out = tmp_path_factory.mktemp("tiny_run")
     cfg = load_config("tiny")
     report = run(cfg, out)
@@ -83,21 +83,18 @@ def test_latent_shifts_recover_planted_signs(tiny_run, tiny_organisms):
 
 def test_quality_controls_and_selection_recorded(tiny_run):
     out, report = tiny_run
-    stage = _stage_dirs(out, "diff")[0]
-    quality = json.loads((stage / "quality.json").read_text())
+    quality = json.loads((_stage_dirs(out, "quality")[0] / "quality.json").read_text())
     for role in ("A", "B"):
         q = quality["models"][role]
         assert 0 < q["ev"] <= 1 and q["l0"] > 0 and 0 <= q["dead_fraction"] <= 1
         assert math.isfinite(q["delta_ce"]) and math.isfinite(q["kl"]) and q["kl"] >= 0
-    controls = json.loads((stage / "controls.json").read_text())
+    controls = json.loads((_stage_dirs(out, "controls")[0] / "controls.json").read_text())
     assert "identity" in controls and "selection" in controls
     sel = controls["selection"]["AB"]
     assert 0 <= sel["B_specific"] <= sel["B_delta_only"] and 0 <= sel["A_specific"] <= sel["A_delta_only"]
 
 
 def test_rerun_reuses_every_stage(tiny_run, capsys):
-    from lm_diff.run.pipeline import run
-
     out, _ = tiny_run
     before = {p.name: (p / "DONE.json").stat().st_mtime for p in (out / "stages").iterdir()}
     run(load_config("tiny"), out)
@@ -107,8 +104,6 @@ def test_rerun_reuses_every_stage(tiny_run, capsys):
 
 
 def test_changed_config_recomputes_only_dependents(tiny_run):
-    from lm_diff.run.pipeline import run
-
     out, _ = tiny_run
     captures = _stage_dirs(out, "capture")
     evals = _stage_dirs(out, "eval")
@@ -118,17 +113,42 @@ def test_changed_config_recomputes_only_dependents(tiny_run):
     assert set(p.name for p in _stage_dirs(out, "train")) - trains, "the crosscoder should have been retrained"
 
 
+def _names(out: Path) -> set[str]:
+    return {p.name for p in (out / "stages").iterdir()}
+
+
+def _kinds(names: set[str]) -> set[str]:
+    return {n.rsplit("-", 1)[0] for n in names}
+
+
+def test_changed_permutations_recompute_only_shift_link_and_report(tiny_run):
+    """stats.permutations is read by the shift and link stages (and shown in the report): spliced metrics, causal
+    ablations, examples, controls, latent tables and crosscoders stay cached."""
+    out, _ = tiny_run
+    before = _names(out)
+    run(load_config("tiny", overrides={"stats.permutations": 400}), out)
+    new = _names(out) - before
+    assert _kinds(new) == {"shift", "link", "report"}, sorted(new)
+    for name in new:
+        assert (out / "stages" / name / "DONE.json").exists(), name
+
+
+def test_changed_categories_keep_crosscoders_and_latent_tables(tiny_run):
+    out, _ = tiny_run
+    before = _names(out)
+    run(load_config("tiny", overrides={"categories.auroc_min": 0.8}), out)
+    new = _kinds(_names(out) - before)
+    assert {"grounding", "categorize", "shift", "link", "report"} <= new, new
+    assert not new & {"eval", "capture", "train", "diff", "examples", "quality", "controls"}, new
+
+
 def test_two_seeds_pool_into_the_headline_shift(tiny_run, tiny_organisms):
     """With two seeds the headline shift pools both (clusters of matched latents as the unit) and the first seed's
     table stays beside it; q_linked exists exactly for the categories whose benchmark moved."""
-    import pandas as pd
-
-    from lm_diff.run.pipeline import run
-
     out, _ = tiny_run
     report = run(load_config("tiny", overrides={"controls.seeds": [0, 1], "controls.identity": False,
                                                 "controls.causal": False}), out)
-    stage = max(_stage_dirs(out, "diff"), key=lambda p: (p / "DONE.json").stat().st_mtime)
+    stage = max(_stage_dirs(out, "shift"), key=lambda p: (p / "DONE.json").stat().st_mtime)
     pooled, single = pd.read_parquet(stage / "shift.parquet"), pd.read_parquet(stage / "shift_main_seed.parquet")
     assert pooled["N_S"].iloc[0] > single["N_S"].iloc[0] and pooled["N_T"].iloc[0] > single["N_T"].iloc[0]
     assert pooled.attrs["seeds"] == 2 and 0 < pooled.attrs["clusters"] <= pooled["N_S"].iloc[0] + pooled["N_T"].iloc[0]
@@ -182,7 +202,6 @@ def test_ci_fails_on_planted_regression_and_passes_on_null(tiny_run, tiny_organi
 
 def test_capture_key_follows_grounding_file_contents(tmp_path):
     """Editing the grounding prompts in place (same path) must change the capture key, so the capture is redone."""
-    from lm_diff.run.pipeline import capture_key
 
     g = tmp_path / "grounding.jsonl"
     g.write_text('{"text": "plain prose", "category": "neutral"}\n{"text": "how do I rob a bank", "category": "safety"}\n')

@@ -7,19 +7,28 @@ import re
 import shutil
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from rich.console import Console
 
 from lm_diff.config import RunConfig
 from lm_diff.errors import UserError
 from lm_diff.plugins import manager as plugins
-from lm_diff.report.build import SCHEMA, build_report, quality_section, write_report
-from lm_diff.report.from_runs import find_diff_stage, read_diff_artifacts, report_from_runs
+from lm_diff.report.build import SCHEMA, _composition_caveats, build_report, quality_section, seed_signs
+from lm_diff.report.html import bar_chart_ci
+from lm_diff.report.markdown import _seed_cell
+from lm_diff.report.terminal import print_summary
+from lm_diff.report.writers import write_report
+from lm_diff.run.outputs import find_outputs, read_diff_artifacts
+from lm_diff.run.reporting import build_from_runs, report_from_runs
 
 FIX = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIX))
 import make_fixtures as MF  # noqa: E402
+from diff_fixture import diff_artifacts  # noqa: E402
 
 BASE, FT = FIX / "lm_eval_runs" / "base", FIX / "lm_eval_runs" / "finetuned"
 
@@ -33,7 +42,7 @@ def _cfg():
 
 @pytest.fixture(scope="module")
 def diff_run(tmp_path_factory):
-    return MF.write_diff_artifacts(tmp_path_factory.mktemp("diffrun"))
+    return diff_artifacts(tmp_path_factory.mktemp("diffrun"))
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +102,12 @@ def test_quality_gates_fail_low_confidence():
     s = quality_section({"models": {"A": {"ev": 0.9, "delta_ce": 0.1, "dead_fraction": 0.1}}}, None, {"identity": {"passed": False}})
     assert s["low_confidence"] is True
     assert quality_section(None)["low_confidence"] is None
-    rep = build_report(config=_cfg(), quality=q, controls=None, category_table=None, score_table=None, task_table=None,
-                       latents=None, cards=None, meta={}, sections=False)
+    rep = build_report(config=_cfg(), quality=q, controls=None, linked=None, scores=None, latents=None, cards=None,
+                       meta={}, sections=False)
     assert any("Low confidence" in c for c in rep["caveats"])
 
 
 def test_organism_planted_and_recovered(diff_run):
-    from lm_diff.report.from_runs import build_from_runs
-
     (diff_run / "organism.json").write_text(json.dumps({"name": "demo", "planted": {"code": "-"}}))
     try:
         rep = build_from_runs(BASE, FT, diff_run, _cfg())
@@ -120,23 +127,23 @@ def test_benchmarks_only_report(tmp_path):
 
 
 def test_diff_reader_layouts_and_errors(tmp_path, diff_run):
-    stage = find_diff_stage(diff_run)
-    assert stage.name.startswith("diff-")
-    assert find_diff_stage(stage) == stage
+    stage = next((diff_run / "stages").glob("diff-*"))
+    assert set(find_outputs(diff_run).values()) == {stage}  # no report stage: the newest finished stage per file
+    assert set(find_outputs(stage).values()) == {stage}
     alt = tmp_path / "out"
     shutil.copytree(stage, alt / "diff")
     art = read_diff_artifacts(alt)
     assert art.latents is not None and {"delta_norm", "set", "nu_eps", "category"} <= set(art.latents.columns)
     assert art.quality["models"]["A"]["ev"] == 0.82
+    empty = tmp_path / "empty"
+    empty.mkdir()
     with pytest.raises(UserError, match="no diff artifacts"):
-        find_diff_stage(tmp_path)
-    # code-orientation column only: converted to paper orientation
-    import pandas as pd
-
-    lat = pd.read_parquet(alt / "diff" / "latents.parquet")
-    lat.assign(dec_norm_diff=1 - lat.delta_norm).drop(columns=["delta_norm"]).to_parquet(alt / "diff" / "latents.parquet")
-    art2 = read_diff_artifacts(alt)
-    assert art2.latents.delta_norm.to_numpy() == pytest.approx(lat.delta_norm.to_numpy())
+        find_outputs(empty)
+    # a table without one of its columns is refused, naming the file and the column (no aliases)
+    sh = pd.read_parquet(alt / "diff" / "shift.parquet")
+    sh.rename(columns={"p_value": "fisher_p"}).to_parquet(alt / "diff" / "shift.parquet")
+    with pytest.raises(UserError, match=r"shift\.parquet.*lacks column\(s\) p_value"):
+        read_diff_artifacts(alt)
 
 
 def test_writers_hook_sections_and_unknown_format(tmp_path, monkeypatch):
@@ -153,8 +160,8 @@ def test_writers_hook_sections_and_unknown_format(tmp_path, monkeypatch):
     pm = plugins.get_plugin_manager()
     pm.register(Plugin(), name="test_extra")
     try:
-        rep = build_report(config=_cfg(), quality=None, controls=None, category_table=None, score_table=None, task_table=None,
-                           latents=None, cards=None, meta={"title": "t"})
+        rep = build_report(config=_cfg(), quality=None, controls=None, linked=None, scores=None, latents=None, cards=None,
+                           meta={"title": "t"})
         assert rep["sections"] == [{"title": "Extra <b>", "markdown": "hello <i>world</i>"}]
         paths = write_report(rep, tmp_path, ["json", "html", "txt"])
         assert paths["txt"].read_text() == SCHEMA
@@ -167,12 +174,6 @@ def test_writers_hook_sections_and_unknown_format(tmp_path, monkeypatch):
 
 
 def test_terminal_summary(full):
-    from io import StringIO
-
-    from rich.console import Console
-
-    from lm_diff.report.build import print_summary
-
     buf = StringIO()
     print_summary(full[0], Console(file=buf, width=160))
     text = buf.getvalue()
@@ -196,8 +197,6 @@ def test_html_renders_headless(full, tmp_path):
 
 
 def test_seed_signs_counts_and_cell():
-    from lm_diff.report.build import _seed_cell, seed_signs
-
     rows = [{"seed": 0, "category": "safety", "share_ratio": 1.2}, {"seed": 1, "category": "safety", "share_ratio": float("inf")},
             {"seed": 2, "category": "safety", "share_ratio": 0.4}, {"seed": 0, "category": "code", "share_ratio": -0.6},
             {"seed": 1, "category": "code", "share_ratio": 0.1}, {"seed": 2, "category": "code", "share_ratio": None}]
@@ -207,14 +206,12 @@ def test_seed_signs_counts_and_cell():
     assert _seed_cell(seed_signs(rows, "safety")) == "3/3 +" and _seed_cell(seed_signs(rows, "code")) == "1+ 1− 1 n/a"
     assert _seed_cell(None) == "–"
     assert _seed_cell({"n": 3, "positive": 1, "negative": 0}) == "1+ 0− 2 n/a"  # two seeds without the category
-    rep = build_report(category_table=[{"name": "safety", "latent_shift": {"share_ratio": 1.2}}],
+    rep = build_report(linked=[{"name": "safety", "latent_shift": {"share_ratio": 1.2}}],
                        controls={"seeds": {"seeds": [0, 1, 2], "per_seed": rows}})
     assert rep["categories"][0]["seed_signs"] == {"n": 3, "positive": 3, "negative": 0}
 
 
 def test_composition_caveat():
-    from lm_diff.report.build import _composition_caveats
-
     cats = [{"name": "code", "latent_shift": {"n_S": 30, "n_T": 100, "N_S": 200, "N_T": 250}},
             {"name": "safety", "latent_shift": {"n_S": 40, "n_T": 20, "N_S": 200, "N_T": 250}},
             {"name": "unassigned", "latent_shift": {"n_S": 80, "n_T": 100, "N_S": 200, "N_T": 250}}]
@@ -225,32 +222,7 @@ def test_composition_caveat():
     assert _composition_caveats([{"name": "code", "latent_shift": {"n_S": 3, "n_T": 9, "N_S": 10, "N_T": 9}}]) == []  # T is all code
 
 
-def test_linked_q_is_bh_over_the_categories_whose_score_moved():
-    """q_linked: BH over the categories with a significant score gap only; agreement uses it, q_value stays BH over all."""
-    gap_up = {"delta": 50.0, "ci_low": 40.0, "ci_high": 60.0}
-    shifts = [  # name, share ratio, p, q over all categories, score gap
-        ("safety", 1.2, 0.01, 0.06, gap_up),
-        ("multilingual", 0.9, 0.04, 0.09, gap_up),
-        ("math", 2.0, 0.001, 0.011, {"delta": 1.0, "ci_low": -2.0, "ci_high": 4.0}),  # score did not move
-        ("code", -0.5, 0.30, 0.40, {"delta": -50.0, "ci_low": -60.0, "ci_high": -40.0}),
-    ]
-    cats = [{"name": n, "latent_shift": {"share_ratio": sr, "p_value": p, "q_value": q, "insufficient": False}} for n, sr, p, q, _ in shifts]
-    gaps = [{"name": n, "level": "category", **g} for n, *_, g in shifts]
-    rep = build_report(category_table=cats, score_table=gaps, config=_cfg())
-    by = {c["name"]: c for c in rep["categories"]}
-    # family {safety, multilingual, code}: p (0.01, 0.04, 0.30) -> BH (0.03, 0.06, 0.30)
-    assert by["safety"]["latent_shift"]["q_linked"] == pytest.approx(0.03)
-    assert by["multilingual"]["latent_shift"]["q_linked"] == pytest.approx(0.06)
-    assert by["code"]["latent_shift"]["q_linked"] == pytest.approx(0.30)
-    assert "q_linked" not in by["math"]["latent_shift"]
-    assert by["safety"]["agreement"] is True  # q_value 0.06 alone would not pass
-    assert by["multilingual"]["agreement"] is None and by["code"]["agreement"] is None and by["math"]["agreement"] is None
-    assert by["safety"]["latent_shift"]["q_value"] == 0.06
-
-
 def test_share_ratio_chart_draws_unbounded_ci_dashed():
-    from lm_diff.report.html import bar_chart_ci
-
     svg = bar_chart_ci([{"label": "a", "value": 2.0, "lo": 0.3, "hi": None}, {"label": "b", "value": 0.5, "lo": -0.2, "hi": 1.0}],
                        "t", log_ratio=True)
     assert svg.count("stroke-dasharray") == 1 and "a: CI unbounded above" in svg

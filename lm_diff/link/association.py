@@ -21,7 +21,10 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
+from lm_diff.models import decoder_layers
+from lm_diff.stats import bh_qvalues, point_biserial
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Exposure and association
@@ -114,9 +117,6 @@ def association(
     Returns rows (category, scope, n_docs, n_flips, r, p_value, q_value). r is NaN when the activation or the flip
     indicator is constant.
     """
-    from lm_diff.config import StatsConfig
-    from lm_diff.stats import bh_qvalues, point_biserial
-
     cfg = stats_cfg or StatsConfig()
     cats = dict(joined.attrs.get("task_categories") or {})
     cats.update(task_categories or {})
@@ -281,9 +281,6 @@ def causal_table(causal: Optional[Mapping[str, Any]]) -> dict[str, dict]:
 # Ablation hook
 
 
-from lm_diff.models import decoder_layers  # noqa: E402  (one implementation of layer discovery)
-
-
 def _input_ids(args: tuple, kwargs: dict):
     if "input_ids" in kwargs and kwargs["input_ids"] is not None:
         return kwargs["input_ids"]
@@ -313,7 +310,7 @@ def ablate_latents_hook(
     Yields a dict updated on every forward: ``calls``, ``mean_removed_norm`` (mean L2 norm of the subtracted vector
     per token), ``approximate``.
     """
-    import torch
+    import torch  # noqa: PLC0415 - torch only for the ablation hook; exposure and association stay light
 
     lat = torch.as_tensor(sorted({int(j) for j in latents}), dtype=torch.long)
     layers = decoder_layers(model)

@@ -13,13 +13,18 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from lm_diff import console
+from lm_diff.bench.evaluate import run_lm_eval
+from lm_diff.bench.join import load_run
+from lm_diff.bench.suites import bench_task_manager, task_categories
+from lm_diff.categorize.grounding import latent_labels
 from lm_diff.config import RunConfig
+from lm_diff.link.association import ablate_latents_hook, causal_fraction
+from lm_diff.models import load_models
 
 
 def task_scores(run_dir: Path, tasks: list[str]) -> Optional[float]:
     """Document-weighted mean of the primary metric (as a fraction) over ``tasks`` of an lm-eval run."""
-    from lm_diff.bench.join import load_run
-
     run = load_run(run_dir)
     total = weight = 0.0
     for t in tasks:
@@ -59,12 +64,9 @@ def matched_random(table: pd.DataFrame, chosen: list[int], exclude: set[int], se
 
 def _rescore(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[str], cc: Any, latents: list[int], model_index: int,
              layer: int, partners: dict, work: Path) -> Optional[float]:
-    from lm_eval.models.huggingface import HFLM
-
-    from lm_diff.bench.evaluate import run_lm_eval
-    from lm_diff.link.association import ablate_latents_hook
-
     b = cfg.benchmarks
+    from lm_eval.models.huggingface import HFLM  # noqa: PLC0415 - lm-eval's HF model pulls in transformers; only causal checks need it
+
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=b.batch_size, logits_cache=False)
     with ablate_latents_hook(cc, latents, model_index, layer, model=model, partner_models=partners):
         run_lm_eval("ablated", tasks, work, limit=b.limit, num_fewshot=b.num_fewshot, batch_size=b.batch_size,
@@ -77,15 +79,7 @@ def causal_check(cfg: RunConfig, pair: Any, S: Any, s_ids: list[int], evals: dic
                  layer: int) -> dict:
     """{category: {score_A, score_B, score_patched, score_random, mode, n_latents, tasks}} for every category with
     fine-tune-specific latents and scored tasks."""
-    from rich.console import Console
-
-    from lm_diff.bench.join import load_run
-    from lm_diff.bench.suites import bench_task_manager, task_categories
-    from lm_diff.categorize.grounding import latent_labels
-    from lm_diff.link.association import causal_fraction
-    from lm_diff.models import load_models
-
-    con = Console(highlight=False)
+    con = console.out()
     if not s_ids:
         return {}
     if "models" not in loaded:

@@ -1,64 +1,35 @@
-"""The combined report: a versioned JSON-able dict (schema ``lm_diff.report/v1``, see docs/report_schema.md) and
-its writers (json, md, html through the ``lm_diff_report_writers`` hook; a rich terminal summary).
+"""The combined report: a versioned JSON-able dict (schema ``lm_diff.report/v1``, see docs/report_schema.md).
 
-``build_report(...)`` assembles the dict from the stage outputs; ``write_report(report, out_dir, formats)`` runs the
-writers (all atomic); ``print_summary(report)`` prints the terminal summary. Quality gates come first everywhere.
+``build_report(...)`` assembles the dict from the stage outputs (the link stage's category rows, the score gaps, the
+quality metrics, controls, latents and cards); it only arranges and annotates, it computes no linkage.
+Writers live in :mod:`lm_diff.report.writers`, the Markdown and terminal views in :mod:`lm_diff.report.markdown`
+and :mod:`lm_diff.report.terminal`. Quality gates come first everywhere.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from lm_diff import __version__
+from lm_diff.categorize.taxonomy import get_taxonomy
+from lm_diff.config import GatesConfig
 from lm_diff.errors import UserError
+from lm_diff.link.table import as_float as _f
+from lm_diff.link.table import clean as _clean
+from lm_diff.link.table import records as _records
+from lm_diff.plugins.manager import hook
+from lm_diff.report.markdown import to_markdown
+from lm_diff.report.writers import write_report
+
+__all__ = ["SCHEMA", "build_report", "quality_section", "latent_summary", "selection_counts", "seed_signs",
+           "collect_sections", "to_markdown", "write_report"]
 
 SCHEMA = "lm_diff.report/v1"
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _records(table: Any) -> list[dict]:
-    """DataFrame / list of dicts / None -> list of plain dicts (NaN -> None)."""
-    if table is None:
-        return []
-    if isinstance(table, pd.DataFrame):
-        recs = table.to_dict(orient="records")
-    elif isinstance(table, Mapping):
-        recs = [dict(v, name=k) if isinstance(v, Mapping) else {"name": k, "value": v} for k, v in table.items()]
-    else:
-        recs = [dict(r) for r in table]
-    return [{k: _clean(v) for k, v in r.items()} for r in recs]
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return [_clean(x) for x in v.tolist()]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None
-    if v is pd.NA or v is pd.NaT:
-        return None
-    return v
-
-
-def _f(x: Any) -> Optional[float]:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
 
 def _cfg_get(config: Any, dotted: str, default: Any = None) -> Any:
     obj = config
@@ -80,8 +51,6 @@ def quality_section(quality: Optional[Mapping], gates_cfg: Any = None, controls:
     A failing gate (or a failed identity control) sets ``low_confidence``; without quality metrics
     (benchmarks-only report) ``available`` is False and ``low_confidence`` is None.
     """
-    from lm_diff.config import GatesConfig
-
     g = gates_cfg or GatesConfig()
     if not quality or not quality.get("models"):
         return {"available": False, "models": {}, "gates": [], "passed": None, "low_confidence": None}
@@ -108,77 +77,6 @@ def quality_section(quality: Optional[Mapping], gates_cfg: Any = None, controls:
     return {"available": True, "models": models, "gates": gates, "passed": passed,
             "low_confidence": (not passed) if passed is not None else True, **extra}
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Category table
-
-
-_SHIFT_KEYS = ("share_ratio", "count_ratio", "ci_low", "ci_high", "q_value", "p_value", "n_S", "n_T", "N_S", "N_T",
-               "insufficient", "mass_share_S", "mass_share_T")
-
-
-_SHIFT_ALIASES = {
-    # lm_diff.categorize.shift.category_shift column names (R − 1 scale) and generic ones
-    "ci_low": ("share_ratio_lo", "share_ratio_ci_low"),
-    "ci_high": ("share_ratio_hi", "share_ratio_ci_high"),
-    "p_value": ("fisher_p", "p", "perm_p"),
-    "q_value": ("fisher_q", "q"),
-}
-
-
-def make_category_table(
-    shift: Any = None,
-    exposure: Optional[pd.DataFrame] = None,
-    association: Optional[pd.DataFrame] = None,
-    causal: Optional[Mapping[str, Mapping]] = None,
-) -> list[dict]:
-    """Merge the per-category outputs of shift/link into the rows ``build_report(category_table=...)`` takes.
-
-    ``shift``: rows with ``category`` and the latent-shift columns (share_ratio and count_ratio as R − 1, ci_low/ci_high
-    of the share ratio on the same R − 1 scale, p_value/q_value, n_S, n_T, N_S, N_T, insufficient); ``exposure``: the
-    ``link.exposure`` table; ``association``: the ``link.association`` table; ``causal``: {category: causal_fraction
-    dict}. Returns [{name, latent_shift, exposure, association, causal}].
-    """
-    rows: dict[str, dict] = {}
-
-    def row(c: str) -> dict:
-        return rows.setdefault(str(c), {"name": str(c), "latent_shift": None, "exposure": None, "association": None, "causal": None})
-
-    for r in _records(shift):
-        name = r.get("category", r.get("name"))
-        if name is None:
-            continue
-        ls = {k: r.get(k) for k in _SHIFT_KEYS if k in r}
-        for key, aliases in _SHIFT_ALIASES.items():
-            for a in aliases:
-                if ls.get(key) is None and r.get(a) is not None:
-                    ls[key] = r[a]
-        for k in ("share_ratio", "count_ratio", "ci_low", "ci_high", "q_value", "n_S", "n_T", "insufficient"):
-            ls.setdefault(k, None)
-        if r.get("clusters_c") is not None:  # shift.pooled_category_shift: seeds pooled, clusters as the unit
-            ls["method"] = "pooled_seeds"
-            ls["clusters"] = r["clusters_c"]
-        else:
-            ls["method"] = "single_seed"
-        row(name)["latent_shift"] = ls
-    if exposure is not None and len(exposure):
-        for c, g in exposure.groupby("category"):
-            ex: dict[str, Any] = {"by_task": {}}
-            for _, e in g.iterrows():
-                if e["task"] is None or (isinstance(e["task"], float) and math.isnan(e["task"])):
-                    ex[str(e["set"])] = _f(e["exposure"])
-                    ex["scope"] = e.get("scope")
-                    ex[f"n_docs_{e['set']}"] = int(e["n_docs"])
-                else:
-                    ex["by_task"].setdefault(str(e["task"]), {})[str(e["set"])] = _f(e["exposure"])
-            ex.setdefault("S", None)
-            ex.setdefault("T", None)
-            row(c)["exposure"] = ex
-    for r in _records(association):
-        row(r["category"])["association"] = {k: r.get(k) for k in ("r", "p_value", "q_value", "n_docs", "n_flips", "scope")}
-    for c, v in (causal or {}).items():
-        row(c)["causal"] = _clean(dict(v)) if v is not None else None
-    return list(rows.values())
 
 
 def _planted_map(organism: Optional[Mapping]) -> dict[str, Any]:
@@ -370,14 +268,14 @@ def seed_signs(per_seed: Optional[Sequence[Mapping]], category: str) -> Optional
     return {"n": len(rows), "positive": sum(v > 0 for v in vals), "negative": sum(v < 0 for v in vals)}
 
 
+
 def build_report(
     *,
     config: Any = None,
     quality: Optional[Mapping] = None,
     controls: Optional[Mapping] = None,
-    category_table: Any = None,
-    score_table: Any = None,
-    task_table: Any = None,
+    linked: Any = None,
+    scores: Any = None,
     latents: Optional[pd.DataFrame] = None,
     cards: Any = None,
     organism: Optional[Mapping] = None,
@@ -388,9 +286,9 @@ def build_report(
 
     - ``config``: the RunConfig (or None: defaults); ``quality``: {"models": {"A": {...}, "B": {...}}}; ``controls``:
       free-form dict of control results (``identity.passed`` feeds the gates).
-    - ``category_table``: rows from ``make_category_table`` ({name, latent_shift, exposure, association, causal}).
-    - ``score_table``: ``join.score_gaps`` rows of level category/overall (task rows are ignored here);
-      ``task_table``: rows of level task. A single ``score_gaps`` DataFrame may be passed to both.
+    - ``linked``: the link stage's category rows (``lm_diff.link.table.link_categories``: name, latent_shift,
+      score_gap, exposure, association, causal, agreement).
+    - ``scores``: ``join.score_gaps`` records; the overall and task rows are shown (category rows come via ``linked``).
     - ``latents``: per-latent table (latent, delta_norm, set, nu_eps, nu_r, selected, category, ...);
       ``cards``: [{latent, set?, examples: [{text, act}]}] (other fields are filled from ``latents``).
     - ``organism``: the organism manifest ({"name", "planted": ...}) when the model pair is a model organism.
@@ -398,44 +296,30 @@ def build_report(
       the counts derived from ``latents``.
     ``sections``: append ``lm_diff_report_sections`` hook contributions.
     """
-    from lm_diff import __version__
-    from lm_diff.link.association import sign_agreement
-
     meta = dict(meta or {})
-    stats_cfg = _cfg_get(config, "stats")
-    alpha = 1 - float(_cfg_get(stats_cfg, "confidence", 0.95))
-    score_rows = [r for r in _records(score_table) if r.get("level", "category") in ("category", "overall")]
-    task_rows = [r for r in _records(task_table) if r.get("level", "task") == "task"]
+    score_rows = _records(scores)
+    task_rows = [r for r in score_rows if r.get("level", "task") == "task"]
     overall = next((r for r in score_rows if r.get("level") == "overall" or r.get("name") == "overall"), None)
-    gaps = {r["name"]: r for r in score_rows if r is not overall}
-    cats = {r["name"]: dict(r) for r in _records(category_table)}
+    cats = {r["name"]: dict(r) for r in _records(linked)}
     try:
-        from lm_diff.categorize.taxonomy import get_taxonomy
-
         taxo = {c.name: c for c in get_taxonomy(config)}
-    except Exception:  # the taxonomy is decoration here; a broken plugin must not break the report
+    except UserError:  # the taxonomy is decoration here; a broken taxonomy plugin must not break the report
         taxo = {}
     planted = _planted_map(organism)
     per_seed = ((controls or {}).get("seeds") or {}).get("per_seed")
-    names = list(dict.fromkeys([*cats, *gaps, *planted]))
     categories = []
-    for n in names:
+    for n in dict.fromkeys([*cats, *planted]):
         c = cats.get(n, {"name": n})
-        g = gaps.get(n)
-        gap = None
-        if g:
-            gap = {k: g.get(k) for k in ("delta", "ci_low", "ci_high", "p_value", "n", "score_a", "score_b", "tasks", "unit", "flips_up", "flips_down")}
-        ls = c.get("latent_shift")
         row = {
             "name": n,
             "description": getattr(taxo.get(n), "description", None),
             "parent": getattr(taxo.get(n), "parent", None),
-            "latent_shift": dict(ls) if ls else ls,  # a copy: linked_qvalues adds to it
-            "score_gap": gap,
+            "latent_shift": c.get("latent_shift"),
+            "score_gap": c.get("score_gap"),
             "exposure": c.get("exposure"),
             "association": c.get("association"),
             "causal": c.get("causal"),
-            "agreement": None,  # set below, once the linked family is known
+            "agreement": c.get("agreement"),
             "seed_signs": seed_signs(per_seed, n),
             "planted": (n in planted and _planted_sign(planted[n]) != 0) if organism else None,
             "planted_sign": _planted_sign(planted.get(n)) if organism else None,
@@ -443,13 +327,6 @@ def build_report(
         if organism and n in planted and planted[n]:
             row["planted_info"] = _clean(planted[n])
         categories.append(row)
-
-    linked_qvalues(categories)
-    for row in categories:
-        ls, gap = row["latent_shift"], row["score_gap"]
-        if ls and gap:
-            linked = ls if ls.get("q_linked") is None else {**ls, "q_value": ls["q_linked"]}
-            row["agreement"] = sign_agreement(linked, gap, alpha=alpha)
 
     def rank_key(c):
         ls = c.get("latent_shift") or {}
@@ -498,8 +375,6 @@ def build_report(
 
 def collect_sections(report: dict) -> list[dict]:
     """``lm_diff_report_sections`` contributions: [{"title", "markdown"}] (malformed entries raise UserError)."""
-    from lm_diff.plugins.manager import hook
-
     out = []
     for result in hook().lm_diff_report_sections(report=report):
         for s in result or []:
@@ -508,240 +383,3 @@ def collect_sections(report: dict) -> list[dict]:
             out.append({"title": str(s["title"]), "markdown": str(s["markdown"])})
     return out
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Writers
-
-
-def report_writers() -> dict[str, Any]:
-    """Format name -> ``write(report, out_dir) -> Path`` from every ``lm_diff_report_writers`` hook (first wins)."""
-    from lm_diff.plugins.manager import hook
-
-    merged: dict[str, Any] = {}
-    for result in hook().lm_diff_report_writers():
-        for k, v in (result or {}).items():
-            merged.setdefault(str(k), v)
-    return merged
-
-
-def write_report(report: dict, out_dir: str | Path, formats: Optional[Iterable[str]] = None) -> dict[str, Path]:
-    """Run the writers for ``formats`` (default json, md, html) into ``out_dir``; returns {format: path}."""
-    writers = report_writers()
-    formats = list(formats or ["json", "md", "html"])
-    unknown = [f for f in formats if f not in writers]
-    if unknown:
-        raise UserError(f"report format(s) {', '.join(unknown)} have no writer; available: {', '.join(sorted(writers))} (set report.formats)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return {f: Path(writers[f](report, out)) for f in formats}
-
-
-def write_json_report(report: dict, out_dir: Path) -> Path:
-    from lm_diff.io import write_json
-
-    return write_json(Path(out_dir) / "report.json", report)
-
-
-def write_md_report(report: dict, out_dir: Path) -> Path:
-    from lm_diff.io import write_text
-
-    return write_text(Path(out_dir) / "report.md", to_markdown(report))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Formatting (shared by md, html and terminal)
-
-
-def fmt_num(x: Any, nd: int = 1, signed: bool = False) -> str:
-    v = _f(x)
-    if v is None:
-        return "–"
-    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
-
-
-def fmt_ci(lo: Any, hi: Any, nd: int = 1) -> str:
-    if _f(lo) is None and _f(hi) is None:
-        return ""
-    return f"[{fmt_num(lo, nd, True)}, {fmt_num(hi, nd, True)}]"
-
-
-def fmt_pct(x: Any) -> str:
-    v = _f(x)
-    return "–" if v is None else f"{100 * v:+.1f}%"
-
-
-def fmt_p(x: Any) -> str:
-    v = _f(x)
-    if v is None:
-        return "–"
-    return f"{v:.2g}" if v >= 0.001 else "<0.001"
-
-
-def agreement_label(a: Any) -> str:
-    return {True: "agree", False: "disagree"}.get(a, "n.s.")
-
-
-def _md_cell(x: Any) -> str:
-    s = "" if x is None else str(x)
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
-    return lines
-
-
-def gates_lines(report: dict) -> list[str]:
-    q = report["quality"]
-    if not q["available"]:
-        return ["_No crosscoder quality metrics (benchmarks-only report)._"]
-    verdict = "**PASS**" if q["passed"] else "**LOW CONFIDENCE**"
-    lines = [f"Verdict: {verdict}", ""]
-    rows = []
-    for g in q["gates"]:
-        mark = {True: "pass", False: "FAIL", None: "missing"}[g["passed"]]
-        v = g["value"]
-        rows.append([g["model"], g["metric"], fmt_num(v, 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v, f"{g['op']} {g['threshold']}", mark])
-    lines += _md_table(["model", "metric", "value", "gate", "result"], rows)
-    lines.append("")
-    mrows = []
-    for m, v in q["models"].items():
-        mrows.append([m, fmt_num(v.get("ev"), 3), fmt_num(v.get("l0"), 1), fmt_num(v.get("dead_fraction"), 3), fmt_num(v.get("delta_ce"), 3), fmt_num(v.get("kl"), 3)])
-    lines += _md_table(["model", "EV", "L0", "dead", "spliced ΔCE", "KL"], mrows)
-    return lines
-
-
-def linked_qvalues(categories: list[dict]) -> None:
-    """Add ``latent_shift.q_linked`` to the categories whose benchmark gap is significant: Benjamini-Hochberg over
-    that family only. The report's primary question is why the benchmarks moved, so its primary hypotheses are the
-    latent shifts of the categories whose score moved; the exploratory ``q_value`` stays BH over every category.
-    Selecting the family by the score gap is independent filtering (Bourgon et al. 2010): the shift's p-value is a
-    label-permutation test over latents, uniform under its null whatever the benchmark scores are, so BH over the
-    family still controls the false discovery rate."""
-    from lm_diff.link.association import gap_significant
-    from lm_diff.stats import bh_qvalues
-
-    family = [c for c in categories if c.get("latent_shift") and c.get("score_gap") and gap_significant(c["score_gap"])
-              and not c["latent_shift"].get("insufficient") and _f(c["latent_shift"].get("p_value")) is not None]
-    if not family:
-        return
-    q = bh_qvalues(np.array([_f(c["latent_shift"]["p_value"]) for c in family]))
-    for c, qq in zip(family, q):
-        c["latent_shift"]["q_linked"] = float(qq)
-
-
-def _q_cell(ls: Mapping) -> str:
-    """``q`` (BH over all categories), with the linked-family q after a slash when there is one."""
-    q = fmt_p(ls.get("q_value"))
-    return q if ls.get("q_linked") is None else f"{q} / {fmt_p(ls['q_linked'])}"
-
-
-def category_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for c in report["categories"]:
-        ls, g, ex, a, k = c.get("latent_shift") or {}, c.get("score_gap") or {}, c.get("exposure") or {}, c.get("association") or {}, c.get("causal") or {}
-        rows.append([
-            c["name"] + ({1: " (planted +)", -1: " (planted −)"}.get(c.get("planted_sign") or 0, "")),
-            f"{fmt_num(g.get('delta'), 1, True)} {fmt_ci(g.get('ci_low'), g.get('ci_high'))}".strip() if g else "–",
-            f"{fmt_pct(ls.get('share_ratio'))} [{fmt_pct(ls.get('ci_low'))}, {fmt_pct(ls.get('ci_high'))}]" if ls else "–",
-            fmt_pct(ls.get("count_ratio")) if ls else "–",
-            _q_cell(ls) if ls else "–",
-            f"{ls.get('n_S', '–')}/{ls.get('n_T', '–')}" + (" insufficient" if ls.get("insufficient") else "") if ls else "–",
-            f"{fmt_num(ex.get('S'), 2)} / {fmt_num(ex.get('T'), 2)}" if ex else "–",
-            f"{fmt_num(a.get('r'), 2, True)} (p {fmt_p(a.get('p_value'))})" if a else "–",
-            fmt_num(k.get("fraction"), 2) + (f" (rand {fmt_num(k.get('random_fraction'), 2)})" if k.get("random_fraction") is not None else "") if k else "–",
-            _seed_cell(c.get("seed_signs")),
-            agreement_label(c.get("agreement")),
-        ])
-    return rows
-
-
-def _seed_cell(s: Optional[Mapping]) -> str:
-    """``3/3 +`` when every seed agrees, else ``2+ 1−`` (seeds whose share ratio is above / below no change), then
-    ``1 n/a`` for seeds with no latent of the category in either set."""
-    if not s:
-        return "–"
-    p, m, n = s["positive"], s["negative"], s["n"]
-    if p == n:
-        return f"{n}/{n} +"
-    if m == n:
-        return f"{n}/{n} −"
-    rest = n - p - m  # seeds with no latent of the category on either side, or exactly no change
-    return f"{p}+ {m}−" + (f" {rest} n/a" if rest else "")
-
-
-CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T", "exposure S/T",
-                    "assoc. r (p)", "causal frac.", "seeds", "sign"]
-
-
-def to_markdown(report: dict) -> str:
-    """The Markdown report (quality gates first)."""
-    L = [f"# {_md_cell(report['title'])}", ""]
-    models = (report.get("run") or {}).get("models") or {}
-    if models:
-        L.append("Models: " + ", ".join(f"**{k}** = `{_md_cell(v)}`" for k, v in models.items() if v))
-        L.append("")
-    L += ["## Quality gates", ""] + gates_lines(report) + [""]
-    o = report.get("overall")
-    if o:
-        L += ["## Overall", "", f"Δscore (B − A) = **{fmt_num(o['delta'], 1, True)} points** {fmt_ci(o['ci_low'], o['ci_high'])} "
-              f"over {o['n']} documents (A {fmt_num(o['score_a'])}, B {fmt_num(o['score_b'])}; p {fmt_p(o.get('p_value'))}).", ""]
-    L += ["## Categories", ""] + _md_table(CATEGORY_HEADERS, category_rows(report)) + [""]
-    if report["tasks"]:
-        L += ["## Tasks", ""]
-        L += _md_table(["task", "category", "metric", "n", "A", "B", "Δ (pts)", "CI", "p"],
-                       [[t["name"], t.get("category"), t.get("metric"), t.get("n"), fmt_num(t.get("score_a")), fmt_num(t.get("score_b")),
-                         fmt_num(t.get("delta"), 1, True), fmt_ci(t.get("ci_low"), t.get("ci_high")), fmt_p(t.get("p_value"))] for t in report["tasks"]])
-        L.append("")
-    if report.get("selection_counts"):
-        L += ["## Selection counts", ""] + _md_table(["stage", "count"], list(report["selection_counts"].items())) + [""]
-    if report.get("organism"):
-        org = report["organism"]
-        L += ["## Model organism", "", f"Planted: {_md_cell(', '.join(c['name'] for c in report['categories'] if c.get('planted')))}; "
-              f"top-ranked category: {_md_cell(org.get('top_category'))}; recovered: {org.get('recovered')}", ""]
-    if report["latent_cards"]:
-        L += ["## Latent cards", ""]
-        for c in report["latent_cards"]:
-            L.append(f"### Latent {c['latent']} ({_md_cell(c.get('set') or '')}, {_md_cell(c.get('category') or 'unassigned')})")
-            L.append(f"Δnorm {fmt_num(c.get('delta_norm'), 3)}, ν^ε {fmt_num(c.get('nu_eps'), 3)}, ν^r {fmt_num(c.get('nu_r'), 3)}")
-            L.append("")
-            for e in c["examples"]:
-                L.append(f"- `{fmt_num(e.get('act'), 2)}` {_md_cell(e.get('text'))}")
-            L.append("")
-    if report.get("controls"):
-        import json
-
-        L += ["## Controls", "", "```json", json.dumps(report["controls"], indent=2, ensure_ascii=False, default=str), "```", ""]
-    L += ["## Caveats", ""] + [f"- {_md_cell(c)}" for c in report["caveats"]] + [""]
-    for s in report.get("sections") or []:
-        L += [f"## {_md_cell(s['title'])}", "", s["markdown"], ""]
-    L.append(f"<sub>{report['schema']} · lm_diff {report['lm_diff_version']} · {report['generated_at']}</sub>")
-    return "\n".join(L) + "\n"
-
-
-def print_summary(report: dict, console: Any = None) -> None:
-    """Rich terminal summary: gates, overall gap, category table, where the files are."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    con = console or Console(highlight=False)
-    q = report["quality"]
-    if q["available"]:
-        style = "green" if q["passed"] else "bold red"
-        con.print(f"[{style}]quality gates: {'PASS' if q['passed'] else 'LOW CONFIDENCE'}[/{style}]")
-        for g in q["gates"]:
-            if g["passed"] is False:
-                con.print(f"  [red]FAIL[/red] {escape(str(g['model']))} {g['metric']} = {g['value']} (gate {g['op']} {g['threshold']})")
-    else:
-        con.print("[yellow]benchmarks-only report[/yellow] (no crosscoder artifacts)")
-    o = report.get("overall")
-    if o:
-        con.print(f"overall Δscore (B − A): [bold]{fmt_num(o['delta'], 1, True)}[/bold] points {fmt_ci(o['ci_low'], o['ci_high'])} over {o['n']} docs")
-    t = Table(title="categories", show_lines=False)
-    for h in ["category", "Δscore [CI]", "share ratio [CI]", "q all / linked", "n_S/n_T", "seeds", "sign"]:
-        t.add_column(h)
-    for r in category_rows(report):
-        t.add_row(*(escape(str(x)) for x in (r[0], r[1], r[2], r[4], r[5], r[9], r[10])))
-    con.print(t)

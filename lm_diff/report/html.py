@@ -11,7 +11,9 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from lm_diff.report.build import CATEGORY_HEADERS, _f, agreement_label, category_rows, fmt_ci, fmt_num, fmt_p
+from lm_diff.io import write_text
+from lm_diff.link.table import as_float as _f
+from lm_diff.report.markdown import CATEGORY_HEADERS, agreement_label, category_rows, fmt_ci, fmt_num, fmt_p
 
 POS, NEG, NEUTRAL, GREY = "#2b8a3e", "#c92a2a", "#1c7ed6", "#868e96"
 _RATIO_TICKS = (0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
@@ -306,6 +308,4 @@ def to_html(report: dict) -> str:
 
 
 def write_html_report(report: dict, out_dir: Path) -> Path:
-    from lm_diff.io import write_text
-
     return write_text(Path(out_dir) / "report.html", to_html(report))

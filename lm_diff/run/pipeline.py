@@ -1,85 +1,47 @@
-"""``lm-diff run``: benchmarks → capture → train → diff → categorize → link → report, as cached stages.
+"""``lm-diff run``: benchmarks → capture → train → diff → grounding → categorize → shift → controls, examples,
+quality, causal → link → report, as cached stages (:mod:`lm_diff.run.stages`).
 
-Each stage lives in ``OUT/stages/<name>-<hash>/``; the hash covers the config keys the stage depends on and the
-fingerprints of its inputs, so a rerun reuses finished stages, an interrupted run resumes (capture and training are
-resumable inside their directory), and a changed config recomputes only what depends on it. A stage is finished when
-its ``DONE.json`` exists.
+Each stage lives in ``OUT/stages/<name>-<hash>/``; the hash covers the config sections the stage reads and the names
+of the upstream stage directories it reads, so a rerun reuses finished stages, an interrupted run resumes (capture and
+training are resumable inside their directory), and a changed config recomputes only what depends on it. A stage is
+finished when its ``DONE.json`` exists. One run at a time holds an output folder (:class:`OutputLock`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from lm_diff.bench.suites import bench_task_manager
+import yaml
+
+from lm_diff import console
+from lm_diff.bench.evaluate import run_lm_eval
+from lm_diff.bench.suites import bench_task_manager, task_categories, task_prompts
+from lm_diff.capture.activations import capture
+from lm_diff.capture.corpus import read_source
+from lm_diff.capture.store import ActivationStore
+from lm_diff.categorize.grounding import grounding_prompts
+from lm_diff.categorize.taxonomy import get_taxonomy
 from lm_diff.config import RunConfig
+from lm_diff.crosscoder.train import train_crosscoder
+from lm_diff.crosscoder.workers import TrainJob, run_train_jobs, train_workers
 from lm_diff.errors import UserError
-from lm_diff.io import hash_obj, read_json, write_json, write_text
-from lm_diff.models import Pair, crosscoder_pairs, load_models, model_pair
+from lm_diff.io import hash_obj, write_text
+from lm_diff.models import Pair, crosscoder_pairs, load_models, model_pair, resolve_layers
+from lm_diff.report.terminal import print_summary
+from lm_diff.report.writers import write_report
+from lm_diff.run.analysis import crosscoder_diffs
+from lm_diff.run.checks import causal_stage, controls_stage, examples_stage, quality_stage
+from lm_diff.run.latents import categorize_stage, shift_stage
+from lm_diff.run.reporting import link_stage, report_stage
+from lm_diff.run.stages import STAGES, OutputLock, Stages
 
-STAGES = "stages"
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Stage bookkeeping
-
-
-class Stages:
-    """Content-hashed stage directories under ``OUT/stages``."""
-
-    def __init__(self, out: Path, force: bool = False):
-        self.out = Path(out)
-        self.force = force
-        self.root = self.out / STAGES
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._forced: set[Path] = set()
-        self.timings: dict[str, float] = {}
-
-    def dir(self, name: str, key: Any) -> Path:
-        d = self.root / f"{name}-{hash_obj(key, 12)}"
-        if self.force and d not in self._forced:
-            shutil.rmtree(d, ignore_errors=True)
-            self._forced.add(d)
-        d.mkdir(parents=True, exist_ok=True)
-        if not (d / "KEY.json").exists():
-            write_json(d / "KEY.json", key)
-        return d
-
-    @staticmethod
-    def done(d: Path) -> Optional[dict]:
-        p = d / "DONE.json"
-        return read_json(p) if p.exists() else None
-
-    def run(self, name: str, key: Any, fn: Callable[[Path], dict], label: Optional[str] = None) -> tuple[Path, dict]:
-        """Run ``fn(stage_dir) -> summary`` unless the stage is already finished; return (dir, summary)."""
-        d = self.dir(name, key)
-        summary = self.done(d)
-        con = _console()
-        if summary is not None:
-            con.print(f"[dim]✓ {label or name}: cached in {d}[/dim]")
-            return d, summary
-        t0 = time.perf_counter()
-        con.rule(f"[bold]{label or name}")
-        summary = fn(d) or {}
-        self.finish(d, summary, label or name, time.perf_counter() - t0)
-        return d, summary
-
-    def finish(self, d: Path, summary: dict, label: str, seconds: float) -> None:
-        """Mark stage ``d`` finished (DONE.json with its summary and time) and say so."""
-        summary["seconds"] = round(seconds, 2)
-        write_json(d / "DONE.json", summary)
-        self.timings[label] = summary["seconds"]
-        _console().print(f"[green]✓ {label}[/green] → {d} ({summary['seconds']:.1f} s)")
+__all__ = ["run", "Stages", "STAGES", "OutputLock", "capture_key", "capture_docs", "eval_stage", "capture_stage",
+           "train_stage", "train_stages", "analyse"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -87,8 +49,6 @@ class Stages:
 
 
 def eval_stage(cfg: RunConfig, pair: Pair, stages: Stages) -> dict[str, Path]:
-    from lm_diff.bench.evaluate import run_lm_eval
-
     b = cfg.benchmarks
     bench_key = {k: getattr(b, k) for k in ("tasks", "limit", "num_fewshot", "apply_chat_template", "include_path")}
     out: dict[str, Path] = {}
@@ -117,8 +77,6 @@ def eval_stage(cfg: RunConfig, pair: Pair, stages: Stages) -> dict[str, Path]:
 
 def _corpus_docs(cfg: RunConfig, tokenizer: Any, budget: int) -> list[dict]:
     """Documents of the configured corpus sources, each source filled to its weighted share of ``budget`` tokens."""
-    from lm_diff.capture.corpus import read_source
-
     sources = cfg.capture.corpus
     total_w = sum(s.weight for s in sources) or 1.0
     docs: list[dict] = []
@@ -126,8 +84,6 @@ def _corpus_docs(cfg: RunConfig, tokenizer: Any, budget: int) -> list[dict]:
         share = int(budget * src.weight / total_w)
         docs.extend(read_source(src, tokenizer, share, seed=cfg.capture.seed + k, where=f"capture.corpus[{k}]"))
     # Interleave sources so a truncated budget still sees every source.
-    import random
-
     random.Random(cfg.capture.seed).shuffle(docs)
     return docs
 
@@ -136,9 +92,6 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
     """The capture corpus: benchmark prompts and grounding prompts first (always captured whole), then the corpus.
 
     Returns (docs for ``capture``, index rows with kind/task/doc_id/category per capture doc id)."""
-    from lm_diff.bench.suites import task_categories, task_prompts
-    from lm_diff.categorize.taxonomy import get_taxonomy
-
     docs: list[dict] = []
     index: list[dict] = []
     taxonomy = get_taxonomy(cfg)
@@ -150,8 +103,6 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
                                 apply_chat_template=b.apply_chat_template, tokenizer=tokenizer, categories=cats):
             docs.append({"text": row["text"], "source": f"bench:{row['task']}", "category": row.get("category"), "chat": False})
             index.append({"kind": "bench", "task": row["task"], "doc_id": row["doc_id"], "category": row.get("category")})
-    from lm_diff.categorize.grounding import grounding_prompts
-
     grounding = grounding_prompts(cfg, taxonomy)
     if not any(g["category"] != "neutral" for g in grounding) or not any(g["category"] == "neutral" for g in grounding):
         raise UserError("no grounding prompts for this taxonomy: set categories.grounding to a JSONL of {text, category} "
@@ -182,9 +133,6 @@ def _count_tokens(tokenizer: Any, texts: list[str]) -> int:
 def capture_key(cfg: RunConfig, fingerprints: Any) -> dict:
     """What the capture depends on: the models, layers, capture settings, benchmark selection, and the *contents* of
     the grounding prompts and taxonomy (editing the grounding file in place recomputes the capture)."""
-    from lm_diff.categorize.grounding import grounding_prompts
-    from lm_diff.categorize.taxonomy import get_taxonomy
-
     taxonomy = get_taxonomy(cfg)
     return {
         "models": fingerprints, "layers": cfg.layers, "capture": dataclasses.asdict(cfg.capture),
@@ -196,9 +144,6 @@ def capture_key(cfg: RunConfig, fingerprints: Any) -> dict:
 
 
 def capture_stage(cfg: RunConfig, pair: Pair, stages: Stages, loaded: dict) -> tuple[Path, list[int]]:
-    from lm_diff.capture.activations import capture
-    from lm_diff.models import resolve_layers
-
     def models_and_tok():
         if "models" not in loaded:
             loaded["models"], loaded["tokenizer"] = load_models(cfg, pair)
@@ -212,8 +157,6 @@ def capture_stage(cfg: RunConfig, pair: Pair, stages: Stages, loaded: dict) -> t
         docs, index = capture_docs(cfg, tok)
         write_text(d / "doc_index.jsonl", "".join(json.dumps(r) + "\n" for r in index))
         store = capture(models, tok, docs, layers, d / "store", cfg.capture, model_names=pair.names)
-        from lm_diff.capture.store import ActivationStore
-
         s = ActivationStore(store)
         return {"store": str(store), "layers": layers, "tokens": s.n_tokens, "docs": len(docs)}
 
@@ -236,9 +179,6 @@ def _train_spec(cfg: RunConfig, capture_dir: Path, layer: int, models: tuple[int
 
 def train_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, name: str, models: tuple[int, int],
                 seed: int, steps_fraction: float = 1.0, label: Optional[str] = None) -> Path:
-    from lm_diff.capture.store import ActivationStore
-    from lm_diff.crosscoder.train import train_crosscoder
-
     xc, key = _train_spec(cfg, capture_dir, layer, models, seed, steps_fraction)
 
     def fn(d: Path) -> dict:
@@ -255,8 +195,6 @@ def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
     """Train several crosscoders (``(name, models, seed, steps_fraction, label)`` each), in parallel worker processes
     (:mod:`lm_diff.crosscoder.workers`) when more than one is pending and more than one worker is allowed; cached ones are
     reused. Returns their ``crosscoder`` directories, in job order."""
-    from lm_diff.crosscoder.workers import TrainJob, run_train_jobs, train_workers
-
     specs = [(_train_spec(cfg, capture_dir, layer, models, seed, frac), models, label)
              for _, models, seed, frac, label in jobs]
     dirs = [stages.dir("train", key) for (_, key), _, _ in specs]
@@ -265,7 +203,7 @@ def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
     if workers <= 1:
         return [train_stage(cfg, stages, capture_dir, layer, name, models, seed, frac, label)
                 for name, models, seed, frac, label in jobs]
-    con = _console()
+    con = console.out()
     for i, (_, _, label) in enumerate(specs):
         if i not in pending:
             con.print(f"[dim]✓ {label}: cached in {dirs[i]}[/dim]")
@@ -281,16 +219,15 @@ def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
 
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """Run every stage for ``cfg`` into ``out`` and write the report; returns the report dict."""
-    from lm_diff.report.build import print_summary, write_report
-    from lm_diff.run import analysis
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    import yaml
+    with OutputLock(out):
+        return _run(cfg, out, force)
 
+
+def _run(cfg: RunConfig, out: Path, force: bool) -> dict:
     write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     t0 = time.perf_counter()
-    con = _console()
+    con = console.out()
     con.print(f"[bold]lm-diff run[/bold] {cfg.name!r} → {out}")
     stages = Stages(out, force=force)
     pair = model_pair(cfg)
@@ -309,7 +246,7 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     for name, _, s, _, _ in jobs[:len(jobs) - bool(cfg.controls.identity)]:
         crosscoders.setdefault(name, {})[s] = next(dirs)
     identity = next(dirs) if cfg.controls.identity else None
-    report = analysis.analyse(cfg, pair, stages, evals, capture_dir, layer, crosscoders, identity, loaded)
+    report = analyse(cfg, pair, stages, evals, capture_dir, layer, crosscoders, identity, loaded)
     report.setdefault("run", {})["timings"] = dict(stages.timings, total=round(time.perf_counter() - t0, 2))
     paths = write_report(report, out, cfg.report.formats)
     print_summary(report, con)
@@ -319,20 +256,50 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     return report
 
 
+def analyse(cfg: RunConfig, pair: Pair, stages: Stages, evals: dict[str, Path], capture_dir: Path, layer: int,
+            crosscoders: dict[str, dict[int, Path]], identity: Optional[Path], loaded: dict) -> dict:
+    """The stages after training, each cached on its own: diff and grounding per crosscoder, categorize, shift,
+    controls, examples, quality, causal, link, report. Returns the report dict."""
+    diffs = crosscoder_diffs(cfg, stages, capture_dir, layer, crosscoders, crosscoder_pairs(cfg, pair))
+    cat_dir = categorize_stage(cfg, stages, capture_dir, layer, diffs)
+    shift_dir = shift_stage(cfg, stages, cat_dir, diffs)
+    controls_dir = controls_stage(cfg, stages, capture_dir, layer, diffs, identity, pair.index["A"])
+    examples_dir = examples_stage(cfg, stages, capture_dir, layer, diffs)
+    quality_dir = quality_stage(cfg, pair, stages, capture_dir, layer, diffs, loaded)
+    causal_dir = causal_stage(cfg, pair, stages, layer, diffs, evals, loaded)
+    S = diffs["PB" if cfg.design == "anchored" else "AB"][cfg.controls.seeds[0]]
+    inputs = {"latents": cat_dir, "categories": cat_dir, "scaling": S.diff_dir, "shift": shift_dir, "seeds": shift_dir,
+              "doc_activations": examples_dir, "examples": examples_dir, "controls": controls_dir,
+              "quality": quality_dir, **({"causal": causal_dir} if causal_dir else {})}
+    link_dir = link_stage(cfg, stages, evals, inputs)
+    _, report = report_stage(cfg, stages, link_dir, inputs, organism_manifest(pair))
+    return report
+
+
+def organism_manifest(pair: Pair) -> Optional[dict]:
+    for spec, path in zip(pair.specs, pair.paths):
+        if spec.startswith("organisms://") and path is not None:
+            m = Path(path).parent / "organism.json"
+            if m.exists():
+                return json.loads(m.read_text())
+    return None
+
+
 def run_capture_stage(cfg: RunConfig, out: Path) -> Path:
     """``lm-diff capture``: only the capture stage."""
-    stages = Stages(Path(out))
-    d, _ = capture_stage(cfg, model_pair(cfg), stages, {})
+    with OutputLock(Path(out)):
+        d, _ = capture_stage(cfg, model_pair(cfg), Stages(Path(out)), {})
     return d
 
 
 def run_train_stage(cfg: RunConfig, out: Path) -> list[Path]:
     """``lm-diff train``: capture (if needed) and the crosscoder(s) of the first seed."""
-    stages = Stages(Path(out))
-    pair = model_pair(cfg)
-    capture_dir, layers = capture_stage(cfg, pair, stages, {})
-    return [train_stage(cfg, stages, capture_dir, layers[0], name, models, cfg.controls.seeds[0])
-            for name, models in crosscoder_pairs(cfg, pair).items()]
+    with OutputLock(Path(out)):
+        stages = Stages(Path(out))
+        pair = model_pair(cfg)
+        capture_dir, layers = capture_stage(cfg, pair, stages, {})
+        return [train_stage(cfg, stages, capture_dir, layers[0], name, models, cfg.controls.seeds[0])
+                for name, models in crosscoder_pairs(cfg, pair).items()]
 
 
 def run_diff_stage(cfg: RunConfig, out: Path) -> dict:

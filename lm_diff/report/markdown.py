@@ -1,0 +1,193 @@
+"""Text formatting of the report: number cells, the Markdown report, the category rows shared by the Markdown, HTML
+and terminal views, and the CI job summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from lm_diff.link.table import as_float as _f
+
+
+def fmt_num(x: Any, nd: int = 1, signed: bool = False) -> str:
+    v = _f(x)
+    if v is None:
+        return "–"
+    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+
+
+def fmt_ci(lo: Any, hi: Any, nd: int = 1) -> str:
+    if _f(lo) is None and _f(hi) is None:
+        return ""
+    return f"[{fmt_num(lo, nd, True)}, {fmt_num(hi, nd, True)}]"
+
+
+def fmt_pct(x: Any) -> str:
+    v = _f(x)
+    return "–" if v is None else f"{100 * v:+.1f}%"
+
+
+def fmt_p(x: Any) -> str:
+    v = _f(x)
+    if v is None:
+        return "–"
+    return f"{v:.2g}" if v >= 0.001 else "<0.001"
+
+
+def agreement_label(a: Any) -> str:
+    return {True: "agree", False: "disagree"}.get(a, "n.s.")
+
+
+def _md_cell(x: Any) -> str:
+    s = "" if x is None else str(x)
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
+    return lines
+
+
+
+def gates_lines(report: dict) -> list[str]:
+    q = report["quality"]
+    if not q["available"]:
+        return ["_No crosscoder quality metrics (benchmarks-only report)._"]
+    verdict = "**PASS**" if q["passed"] else "**LOW CONFIDENCE**"
+    lines = [f"Verdict: {verdict}", ""]
+    rows = []
+    for g in q["gates"]:
+        mark = {True: "pass", False: "FAIL", None: "missing"}[g["passed"]]
+        v = g["value"]
+        rows.append([g["model"], g["metric"], fmt_num(v, 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v, f"{g['op']} {g['threshold']}", mark])
+    lines += md_table(["model", "metric", "value", "gate", "result"], rows)
+    lines.append("")
+    mrows = []
+    for m, v in q["models"].items():
+        mrows.append([m, fmt_num(v.get("ev"), 3), fmt_num(v.get("l0"), 1), fmt_num(v.get("dead_fraction"), 3), fmt_num(v.get("delta_ce"), 3), fmt_num(v.get("kl"), 3)])
+    lines += md_table(["model", "EV", "L0", "dead", "spliced ΔCE", "KL"], mrows)
+    return lines
+
+
+
+def _q_cell(ls: Mapping) -> str:
+    """``q`` (BH over all categories), with the linked-family q after a slash when there is one."""
+    q = fmt_p(ls.get("q_value"))
+    return q if ls.get("q_linked") is None else f"{q} / {fmt_p(ls['q_linked'])}"
+
+
+def category_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for c in report["categories"]:
+        ls, g, ex, a, k = c.get("latent_shift") or {}, c.get("score_gap") or {}, c.get("exposure") or {}, c.get("association") or {}, c.get("causal") or {}
+        rows.append([
+            c["name"] + ({1: " (planted +)", -1: " (planted −)"}.get(c.get("planted_sign") or 0, "")),
+            f"{fmt_num(g.get('delta'), 1, True)} {fmt_ci(g.get('ci_low'), g.get('ci_high'))}".strip() if g else "–",
+            f"{fmt_pct(ls.get('share_ratio'))} [{fmt_pct(ls.get('ci_low'))}, {fmt_pct(ls.get('ci_high'))}]" if ls else "–",
+            fmt_pct(ls.get("count_ratio")) if ls else "–",
+            _q_cell(ls) if ls else "–",
+            f"{ls.get('n_S', '–')}/{ls.get('n_T', '–')}" + (" insufficient" if ls.get("insufficient") else "") if ls else "–",
+            f"{fmt_num(ex.get('S'), 2)} / {fmt_num(ex.get('T'), 2)}" if ex else "–",
+            f"{fmt_num(a.get('r'), 2, True)} (p {fmt_p(a.get('p_value'))})" if a else "–",
+            fmt_num(k.get("fraction"), 2) + (f" (rand {fmt_num(k.get('random_fraction'), 2)})" if k.get("random_fraction") is not None else "") if k else "–",
+            _seed_cell(c.get("seed_signs")),
+            agreement_label(c.get("agreement")),
+        ])
+    return rows
+
+
+def _seed_cell(s: Optional[Mapping]) -> str:
+    """``3/3 +`` when every seed agrees, else ``2+ 1−`` (seeds whose share ratio is above / below no change), then
+    ``1 n/a`` for seeds with no latent of the category in either set."""
+    if not s:
+        return "–"
+    p, m, n = s["positive"], s["negative"], s["n"]
+    if p == n:
+        return f"{n}/{n} +"
+    if m == n:
+        return f"{n}/{n} −"
+    rest = n - p - m  # seeds with no latent of the category on either side, or exactly no change
+    return f"{p}+ {m}−" + (f" {rest} n/a" if rest else "")
+
+
+CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T", "exposure S/T",
+                    "assoc. r (p)", "causal frac.", "seeds", "sign"]
+
+
+def to_markdown(report: dict) -> str:
+    """The Markdown report (quality gates first)."""
+    L = [f"# {_md_cell(report['title'])}", ""]
+    models = (report.get("run") or {}).get("models") or {}
+    if models:
+        L.append("Models: " + ", ".join(f"**{k}** = `{_md_cell(v)}`" for k, v in models.items() if v))
+        L.append("")
+    L += ["## Quality gates", ""] + gates_lines(report) + [""]
+    o = report.get("overall")
+    if o:
+        L += ["## Overall", "", f"Δscore (B − A) = **{fmt_num(o['delta'], 1, True)} points** {fmt_ci(o['ci_low'], o['ci_high'])} "
+              f"over {o['n']} documents (A {fmt_num(o['score_a'])}, B {fmt_num(o['score_b'])}; p {fmt_p(o.get('p_value'))}).", ""]
+    L += ["## Categories", ""] + md_table(CATEGORY_HEADERS, category_rows(report)) + [""]
+    if report["tasks"]:
+        L += ["## Tasks", ""]
+        L += md_table(["task", "category", "metric", "n", "A", "B", "Δ (pts)", "CI", "p"],
+                       [[t["name"], t.get("category"), t.get("metric"), t.get("n"), fmt_num(t.get("score_a")), fmt_num(t.get("score_b")),
+                         fmt_num(t.get("delta"), 1, True), fmt_ci(t.get("ci_low"), t.get("ci_high")), fmt_p(t.get("p_value"))] for t in report["tasks"]])
+        L.append("")
+    if report.get("selection_counts"):
+        L += ["## Selection counts", ""] + md_table(["stage", "count"], list(report["selection_counts"].items())) + [""]
+    if report.get("organism"):
+        org = report["organism"]
+        L += ["## Model organism", "", f"Planted: {_md_cell(', '.join(c['name'] for c in report['categories'] if c.get('planted')))}; "
+              f"top-ranked category: {_md_cell(org.get('top_category'))}; recovered: {org.get('recovered')}", ""]
+    if report["latent_cards"]:
+        L += ["## Latent cards", ""]
+        for c in report["latent_cards"]:
+            L.append(f"### Latent {c['latent']} ({_md_cell(c.get('set') or '')}, {_md_cell(c.get('category') or 'unassigned')})")
+            L.append(f"Δnorm {fmt_num(c.get('delta_norm'), 3)}, ν^ε {fmt_num(c.get('nu_eps'), 3)}, ν^r {fmt_num(c.get('nu_r'), 3)}")
+            L.append("")
+            for e in c["examples"]:
+                L.append(f"- `{fmt_num(e.get('act'), 2)}` {_md_cell(e.get('text'))}")
+            L.append("")
+    if report.get("controls"):
+        L += ["## Controls", "", "```json", json.dumps(report["controls"], indent=2, ensure_ascii=False, default=str), "```", ""]
+    L += ["## Caveats", ""] + [f"- {_md_cell(c)}" for c in report["caveats"]] + [""]
+    for s in report.get("sections") or []:
+        L += [f"## {_md_cell(s['title'])}", "", s["markdown"], ""]
+    L.append(f"<sub>{report['schema']} · lm_diff {report['lm_diff_version']} · {report['generated_at']}</sub>")
+    return "\n".join(L) + "\n"
+
+
+
+def ci_summary_markdown(report: dict, results: list, report_dir: Optional[Path] = None) -> str:
+    """Markdown fit for a CI job summary: verdict, rules, quality gates, overall and per-category gaps."""
+    failed = [r for r in results if r.failed]
+    lines = ["## lm-diff regression check", ""]
+    if results:
+        lines.append(f"**{'❌ FAILED' if failed else '✅ PASSED'}**: {len(failed)} of {len(results)} rule(s) failed.")
+    else:
+        lines.append("No `--fail-on` rules given: report only.")
+    lines.append("")
+    if results:
+        lines += md_table(["rule", "value", "result"],
+                           [[r.rule.text, fmt_num(r.value, 3) if r.value is not None else f"n/a ({r.note})",
+                             "❌ fail" if r.failed else "✅ pass"] for r in results])
+        lines.append("")
+    o = report.get("overall")
+    if o:
+        lines.append(f"Overall Δscore (B − A): **{fmt_num(o['delta'], 1, True)} points** {fmt_ci(o['ci_low'], o['ci_high'])} over {o['n']} documents.")
+        lines.append("")
+    rows = []
+    for c in report["categories"]:
+        g, ls = c.get("score_gap") or {}, c.get("latent_shift") or {}
+        if not g and not ls:
+            continue
+        rows.append([c["name"], f"{fmt_num(g.get('delta'), 1, True)} {fmt_ci(g.get('ci_low'), g.get('ci_high'))}" if g else "–",
+                     fmt_pct(ls.get("share_ratio")) if ls else "–", {True: "agree", False: "disagree"}.get(c.get("agreement"), "n.s.")])
+    if rows:
+        lines += md_table(["category", "Δscore (pts) [CI]", "latent share ratio", "sign"], rows) + [""]
+    lines += ["<details><summary>Quality gates</summary>", ""] + gates_lines(report) + ["", "</details>", ""]
+    if report_dir:
+        lines.append(f"Full report: `{report_dir}/report.html`")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,33 @@
+"""The shared diff-artifact fixture (tests/fixtures/make_fixtures.py) in the vocabulary of lm_diff.schema."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import make_fixtures as MF  # noqa: E402
+
+
+def in_vocabulary(run_dir: Path) -> Path:
+    """The shared fixture's tables in lm_diff.schema's vocabulary (shift columns named as the shift stage names them;
+    the latent sets and scaling directions explicit)."""
+    stage = next((run_dir / "stages").glob("diff-*"))
+    shift = pd.read_parquet(stage / "shift.parquet")
+    shift = shift.rename(columns={"share_ratio_lo": "ci_low", "share_ratio_hi": "ci_high", "fisher_p": "p_value",
+                                  "fisher_q": "q_value"}).assign(method="single_seed")
+    shift.to_parquet(stage / "shift.parquet")
+    lat = pd.read_parquet(stage / "latents.parquet")
+    lat["set"] = lat["tag"].map({"B-only": "S", "A-only": "T"})
+    lat.to_parquet(stage / "latents.parquet")
+    sc = pd.read_parquet(stage / "scaling.parquet")
+    sc = sc.assign(direction=sc["set"].map({"S": "B", "T": "A"}), role="candidate", specific=sc["selected"])
+    sc.to_parquet(stage / "scaling.parquet")
+    return run_dir
+
+
+def diff_artifacts(run_dir: Path) -> Path:
+    """``make_fixtures.write_diff_artifacts`` into ``run_dir``, in the vocabulary."""
+    return in_vocabulary(MF.write_diff_artifacts(run_dir))

@@ -7,33 +7,44 @@ pipeline-stage module; this file only parses arguments and dispatches.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lm_diff import organisms
-from lm_diff.bench import lm_eval_cli
+import yaml
+from rich.markup import escape
+from rich.table import Table
+
+from lm_diff import config as C
+from lm_diff import console
+from lm_diff.config import load_config
 from lm_diff.errors import UserError
-from lm_diff.run import pipeline, reporting
-from lm_diff.run import plan as run_plan
+from lm_diff.plugins.manager import list_plugins
+
+
+def _stages():
+    """The stage packages, imported when a command runs rather than for ``--help``: they import torch, transformers,
+    scipy and lm-eval, ~5-15 s on a small machine that argument parsing must not pay."""
+    from lm_diff import organisms  # noqa: PLC0415 - see the docstring
+    from lm_diff.bench import lm_eval_cli  # noqa: PLC0415 - see the docstring
+    from lm_diff.run import pipeline, reporting  # noqa: PLC0415 - see the docstring
+    from lm_diff.run import plan as run_plan  # noqa: PLC0415 - see the docstring
+
+    return organisms, lm_eval_cli, pipeline, reporting, run_plan
 
 
 def _console():
-    from rich.console import Console
-
-    return Console(stderr=False, highlight=False)
+    return console.out()
 
 
 def _err_console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
+    return console.err()
 
 
 def _parse_sets(pairs: list[str] | None) -> dict[str, Any]:
-    import yaml
-
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -44,8 +55,6 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _load(args) -> Any:
-    from lm_diff.config import load_config
-
     return load_config(args.config, overrides=_parse_sets(getattr(args, "set", None)))
 
 
@@ -54,14 +63,8 @@ def _load(args) -> Any:
 
 
 def cmd_plugins(args) -> int:
-    from rich.table import Table
-
-    from lm_diff.plugins.manager import list_plugins
-
     rows = list_plugins()
     if args.json:
-        import json
-
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title="lm_diff plugins")
@@ -75,22 +78,14 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_config(args) -> int:
-    import yaml
-
     cfg = _load(args)
     if args.explain:
-        from rich.table import Table
-
-        from lm_diff import config as C
-
         table = Table(title="configuration keys")
         table.add_column("key")
         table.add_column("value")
         table.add_column("meaning")
 
         def walk(obj, prefix=""):
-            import dataclasses
-
             docs = C.field_docs(type(obj))
             for f in dataclasses.fields(obj):
                 if f.metadata.get("internal"):
@@ -106,74 +101,71 @@ def cmd_config(args) -> int:
         _console().print(table)
     else:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    from rich.markup import escape
-
     _err_console().print(f"[green]ok[/green] {escape(str(cfg.source))}: valid")
     return 0
 
 
 def cmd_organisms(args) -> int:
     if args.action == "build":
-        build = organisms.build
+        build = _stages()[0].build
         path = build(size=args.size, out=args.out, force=args.force)
         _console().print(f"[green]organisms[/green] ({args.size}) ready in {path}")
     elif args.action == "path":
-        organism_dir = organisms.organism_dir
+        organism_dir = _stages()[0].organism_dir
         print(organism_dir(args.size))
     return 0
 
 
 def cmd_eval(args) -> int:
-    main = lm_eval_cli.main
+    main = _stages()[1].main
     return int(main(args.lm_eval_args) or 0)
 
 
 def cmd_capture(args) -> int:
-    fn = pipeline.run_capture_stage
+    fn = getattr(_stages()[2], 'run_capture_stage')
     fn(_load(args), Path(args.out))
     return 0
 
 
 def cmd_plan(args) -> int:
+    run_plan = _stages()[4]
     run_plan.print_plan(run_plan.plan(_load(args), gpu=args.gpu, model_config=args.model_config), as_json=args.json)
     return 0
 
 
 def cmd_train(args) -> int:
-    fn = pipeline.run_train_stage
+    fn = getattr(_stages()[2], 'run_train_stage')
     fn(_load(args), Path(args.out))
     return 0
 
 
 def cmd_diff(args) -> int:
-    fn = pipeline.run_diff_stage
+    fn = getattr(_stages()[2], 'run_diff_stage')
     fn(_load(args), Path(args.out))
     return 0
 
 
 def cmd_run(args) -> int:
-    fn = pipeline.run
+    fn = getattr(_stages()[2], 'run')
     fn(_load(args), Path(args.out), force=args.force)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from lm_diff.config import load_config
-
-    fn = pipeline.run
+    fn = getattr(_stages()[2], 'run')
     cfg = load_config(args.config, overrides=_parse_sets(args.set))
     fn(cfg, Path(args.out), force=args.force)
     return 0
 
 
 def cmd_report(args) -> int:
-    fn = reporting.report_from_runs
+    fn = _stages()[3].report_from_runs
     fn(base=args.base, finetuned=args.finetuned, diff=args.diff, out=Path(args.out), config=args.config)
     return 0
 
 
 def cmd_ci(args) -> int:
-    fn = reporting.ci
+    fn = _stages()[3].ci
     return int(
         fn(
             base=args.base,
@@ -242,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("plan", cmd_plan, "Estimate each stage's FLOPs, time, device/host memory and disk before running (no weights).")
     config_args(sp)
-    sp.add_argument("--gpu", choices=list(run_plan.ACCELERATORS), default="h100", help="accelerator (default: h100)")
+    sp.add_argument("--gpu", choices=["h100", "h200", "a100", "l4", "cpu"], default="h100", help="accelerator (default: h100)")
     sp.add_argument("--model-config", default=None, help="a model's config.json (or its directory) used for every model")
     sp.add_argument("--json", action="store_true", help="print one JSON object with a 'stages' list")
 
@@ -292,9 +284,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        from rich.markup import escape
-
-        _err_console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
+            _err_console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         _err_console().print("[yellow]interrupted[/yellow]: rerun the same command to resume")

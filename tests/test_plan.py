@@ -81,3 +81,12 @@ def test_plan_other_gpus_local_dirs_and_errors(tmp_path, capsys):
     assert main(["plan", "configs/gemma.yaml", "--gpu", "h200"]) == 0
     text = capsys.readouterr().out
     assert "capture" in text and "989 TFLOP/s" in text and "utilisation" in text
+
+
+def test_cli_gpu_choices_are_the_planned_accelerators():
+    from lm_diff.cli import build_parser
+    from lm_diff.run.plan import ACCELERATORS
+
+    plan_parser = build_parser()._subparsers._group_actions[0].choices["plan"]
+    gpu = next(a for a in plan_parser._actions if a.dest == "gpu")
+    assert set(gpu.choices) == set(ACCELERATORS)

@@ -18,6 +18,7 @@ from lm_diff.bench.evaluate import run_lm_eval
 from lm_diff.bench.join import load_run
 from lm_diff.bench.suites import bench_task_manager, task_categories
 from lm_diff.categorize.grounding import latent_labels
+from lm_diff.categorize.taxonomy import get_taxonomy
 from lm_diff.config import RunConfig
 from lm_diff.link.association import ablate_latents_hook, causal_fraction
 from lm_diff.models import load_models
@@ -71,7 +72,8 @@ def _rescore(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[str], cc: A
     with ablate_latents_hook(cc, latents, model_index, layer, model=model, partner_models=partners):
         run_lm_eval("ablated", tasks, work, limit=b.limit, num_fewshot=b.num_fewshot, batch_size=b.batch_size,
                     apply_chat_template=b.apply_chat_template,
-                    include_path=[str(cfg.resolve_path(p)) for p in b.include_path], model=lm, env_info=False)
+                    include_path=[str(cfg.resolve_path(p)) for p in b.include_path], model=lm, env_info=False,
+                    confirm_run_unsafe_code=b.confirm_run_unsafe_code)
     return task_scores(work, tasks)
 
 
@@ -88,7 +90,7 @@ def causal_check(cfg: RunConfig, pair: Any, S: Any, s_ids: list[int], evals: dic
     run_a = load_run(evals["A"])
     b = cfg.benchmarks
     tcats = task_categories(list(run_a.results.get("configs", {}).keys()), bench_task_manager(cfg),
-                            overrides=b.task_categories)
+                            overrides=b.task_categories, results=run_a.results, taxonomy=get_taxonomy(cfg))
     labels = latent_labels(S.assign, s_ids)
     by_cat: dict[str, list[int]] = {}
     for j, cats in labels.items():

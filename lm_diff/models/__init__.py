@@ -155,21 +155,57 @@ def load_tokenizer(cfg: RunConfig, pair: Pair) -> Any:
     return toks[0]
 
 
-def layer_count(cfg: RunConfig, pair: Pair) -> int:
-    """Decoder layers of the run's first model, from its config.json alone (for ``resolve_layers`` before loading)."""
-    s, p = pair.specs[0], pair.paths[0]
+def _model_config(cfg: RunConfig, spec: str, path: Optional[Path]) -> Any:
+    """A model's config.json (text part) alone, no weights; one UserError when it cannot be read."""
     kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.models.trust_remote_code)}
-    if p is None:
+    if path is None:
         kwargs["revision"] = cfg.models.revision
     try:
-        conf = AutoConfig.from_pretrained(str(p or s), **kwargs)
+        conf = AutoConfig.from_pretrained(str(path or spec), **kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the config of {s!r}: {str(exc).splitlines()[0]}") from None
-    conf = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+        hint = "; set models.trust_remote_code: true only if you trust this repo" if "trust_remote_code" in str(exc) else ""
+        raise UserError(f"cannot read the config of {spec!r}: {str(exc).splitlines()[0]}{hint}") from None
+    return conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+
+
+def _config_layers(conf: Any) -> Optional[int]:
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(getattr(conf, key, None), int):
             return int(getattr(conf, key))
-    raise UserError(f"the config of {s!r} names no layer count (num_hidden_layers)")
+    return None
+
+
+def layer_count(cfg: RunConfig, pair: Pair) -> int:
+    """Decoder layers of the run's first model, from its config.json alone (for ``resolve_layers`` before loading)."""
+    n = _config_layers(_model_config(cfg, pair.specs[0], pair.paths[0]))
+    if n is None:
+        raise UserError(f"the config of {pair.specs[0]!r} names no layer count (num_hidden_layers)")
+    return n
+
+
+def check_pair_early(cfg: RunConfig, pair: Pair) -> Any:
+    """Every check a capture makes that needs no weights, before any benchmark runs: each model's config loads (path,
+    hub cache, remote code), it is a causal LM, hidden sizes and layer counts agree, and the tokenizers are identical.
+    Returns the shared tokenizer; one UserError lists what is wrong and the fix."""
+    confs = [_model_config(cfg, s, p) for s, p in zip(pair.specs, pair.paths)]
+    labels = [f"{n} ({s})" for n, s in zip(pair.names, pair.specs)]
+    problems = []
+    for label, conf in zip(labels, confs):
+        archs = list(getattr(conf, "architectures", None) or [])
+        if getattr(conf, "is_encoder_decoder", False) or (archs and not any("CausalLM" in a or "LMHead" in a
+                                                                               for a in archs)):
+            problems.append(f"{label} is not a causal language model (architectures: {', '.join(archs) or '?'})")
+    sizes = [getattr(c, "hidden_size", None) or getattr(c, "n_embd", None) for c in confs]
+    layers = [_config_layers(c) for c in confs]
+    for i in range(1, len(confs)):
+        if sizes[i] != sizes[0]:
+            problems.append(f"{labels[0]} has hidden size {sizes[0]} but {labels[i]} has {sizes[i]}")
+        if layers[i] != layers[0]:
+            problems.append(f"{labels[0]} has {layers[0]} layers but {labels[i]} has {layers[i]}")
+    if problems:
+        raise UserError("cannot diff these models: " + "; ".join(problems) + ". A crosscoder needs a fine-tune and the "
+                        "base model it was trained from (same architecture and tokenizer).")
+    return load_tokenizer(cfg, pair)
 
 
 def load_models(cfg: RunConfig, pair: Pair) -> tuple[list, Any]:

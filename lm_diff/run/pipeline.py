@@ -19,7 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from lm_diff import console
-from lm_diff.bench.evaluate import run_lm_eval
+from lm_diff.bench.evaluate import reused_runs, run_configured
 from lm_diff.bench.suites import bench_task_manager, task_categories, task_prompts
 from lm_diff.capture.activations import capture
 from lm_diff.capture.corpus import read_source
@@ -31,7 +31,16 @@ from lm_diff.crosscoder.train import train_crosscoder
 from lm_diff.crosscoder.workers import TrainJob, run_train_jobs, train_workers
 from lm_diff.errors import UserError
 from lm_diff.io import hash_obj, write_text
-from lm_diff.models import Pair, crosscoder_pairs, load_models, model_pair, resolve_layers
+from lm_diff.models import (
+    Pair,
+    check_pair_early,
+    crosscoder_pairs,
+    layer_count,
+    load_tokenizer,
+    model_pair,
+    model_sources,
+    resolve_layers,
+)
 from lm_diff.report.terminal import print_summary
 from lm_diff.report.writers import write_report
 from lm_diff.run.analysis import crosscoder_diffs
@@ -51,6 +60,10 @@ __all__ = ["run", "Stages", "STAGES", "OutputLock", "capture_key", "capture_docs
 def eval_stage(cfg: RunConfig, pair: Pair, stages: Stages) -> dict[str, Path]:
     b = cfg.benchmarks
     bench_key = {k: getattr(b, k) for k in ("tasks", "limit", "num_fewshot", "apply_chat_template", "include_path")}
+    if (b.model, b.model_args, b.confirm_run_unsafe_code) != ("hf", None, False):
+        bench_key.update(model=b.model, model_args=b.model_args, confirm_run_unsafe_code=b.confirm_run_unsafe_code)
+    if b.reuse:
+        return reused_runs(b.reuse, cfg.resolve_path)  # existing lm-eval runs of both models, checked
     out: dict[str, Path] = {}
     for role in ("A", "B"):
         i = pair.index[role]
@@ -58,12 +71,8 @@ def eval_stage(cfg: RunConfig, pair: Pair, stages: Stages) -> dict[str, Path]:
 
         def fn(d: Path, i=i) -> dict:
             target = d / "run"
-            run_lm_eval(
-                str(pair.paths[i] or pair.specs[i]), b.tasks, target, limit=b.limit, num_fewshot=b.num_fewshot,
-                batch_size=b.batch_size, apply_chat_template=b.apply_chat_template,
-                include_path=[str(cfg.resolve_path(p)) for p in b.include_path], device=cfg.models.device,
-                dtype=cfg.models.dtype,
-            )
+            run_configured(b, str(pair.paths[i] or pair.specs[i]), target, device=cfg.models.device,
+                           dtype=cfg.models.dtype, include_path=[str(cfg.resolve_path(p)) for p in b.include_path])
             return {"run": str(target)}
 
         d, _ = stages.run("eval", key, fn, label=f"benchmarks on {role} ({pair.specs[i]})")
@@ -98,12 +107,12 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
     if cfg.capture.benchmark_prompts:
         b = cfg.benchmarks
         tm = bench_task_manager(cfg)
-        cats = task_categories(b.tasks, tm, overrides=b.task_categories)
+        cats = task_categories(b.tasks, tm, overrides=b.task_categories, taxonomy=taxonomy)
         for row in task_prompts(b.tasks, tm, limit=b.limit, num_fewshot=b.num_fewshot,
                                 apply_chat_template=b.apply_chat_template, tokenizer=tokenizer, categories=cats):
             docs.append({"text": row["text"], "source": f"bench:{row['task']}", "category": row.get("category"), "chat": False})
             index.append({"kind": "bench", "task": row["task"], "doc_id": row["doc_id"], "category": row.get("category")})
-    grounding = grounding_prompts(cfg, taxonomy)
+    grounding = grounding_prompts(cfg, taxonomy, tokenizer=tokenizer)
     if not any(g["category"] != "neutral" for g in grounding) or not any(g["category"] == "neutral" for g in grounding):
         raise UserError("no grounding prompts for this taxonomy: set categories.grounding to a JSONL of {text, category} "
                         "rows with category prompts and 'neutral' background prompts")
@@ -144,19 +153,16 @@ def capture_key(cfg: RunConfig, fingerprints: Any) -> dict:
 
 
 def capture_stage(cfg: RunConfig, pair: Pair, stages: Stages, loaded: dict) -> tuple[Path, list[int]]:
-    def models_and_tok():
-        if "models" not in loaded:
-            loaded["models"], loaded["tokenizer"] = load_models(cfg, pair)
-        return loaded["models"], loaded["tokenizer"]
-
     key = capture_key(cfg, pair.fingerprints)
 
     def fn(d: Path) -> dict:
-        models, tok = models_and_tok()
-        layers = resolve_layers(cfg.layers, models[0])
+        # One model resident at a time unless capture.simultaneous: the capture loads each model when its pass starts.
+        tok = loaded.get("tokenizer") or load_tokenizer(cfg, pair)
+        sources = loaded["models"] if "models" in loaded else model_sources(cfg, pair)
+        layers = resolve_layers(cfg.layers, layer_count(cfg, pair))
         docs, index = capture_docs(cfg, tok)
         write_text(d / "doc_index.jsonl", "".join(json.dumps(r) + "\n" for r in index))
-        store = capture(models, tok, docs, layers, d / "store", cfg.capture, model_names=pair.names)
+        store = capture(sources, tok, docs, layers, d / "store", cfg.capture, model_names=pair.names)
         s = ActivationStore(store)
         return {"store": str(store), "layers": layers, "tokens": s.n_tokens, "docs": len(docs)}
 
@@ -231,8 +237,8 @@ def _run(cfg: RunConfig, out: Path, force: bool) -> dict:
     con.print(f"[bold]lm-diff run[/bold] {cfg.name!r} → {out}")
     stages = Stages(out, force=force)
     pair = model_pair(cfg)
+    loaded: dict = {"tokenizer": check_pair_early(cfg, pair)}  # the pair is checked before any benchmark runs
     evals = eval_stage(cfg, pair, stages)
-    loaded: dict = {}
     capture_dir, layers = capture_stage(cfg, pair, stages, loaded)
     layer = layers[0]
     jobs = [(name, models, s, 1.0, f"crosscoder {name} layer {layer} seed {s}")

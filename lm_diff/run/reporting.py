@@ -18,6 +18,7 @@ from rich.markup import escape
 from lm_diff import console
 from lm_diff.bench.join import join_runs, load_run
 from lm_diff.bench.suites import bench_task_manager, task_categories
+from lm_diff.categorize.taxonomy import get_taxonomy
 from lm_diff.config import RunConfig, load_config
 from lm_diff.errors import UserError
 from lm_diff.io import read_json, write_json, write_text
@@ -52,7 +53,7 @@ def link_outputs(cfg: RunConfig, base: str | Path, finetuned: str | Path, art: O
     tasks = list(dict.fromkeys(joined["task"]))
     # benchmarks.task_categories > the categories the results declare > the task index and plugins
     overrides = {**dict(joined.attrs.get("task_categories") or {}), **dict(cfg.benchmarks.task_categories or {})}
-    tcats = task_categories(tasks, bench_task_manager(cfg), overrides=overrides)
+    tcats = task_categories(tasks, bench_task_manager(cfg), overrides=overrides, taxonomy=get_taxonomy(cfg))
     joined.attrs["task_categories"] = tcats
     if art is None:
         linked = link(joined, tcats, cfg.stats)

@@ -86,8 +86,8 @@ def store_prompt_max_acts(
                 continue
             _, f = encode_batch(cc, acts[torch.as_tensor(keep)])
             if idx is not None:
-                f = f[:, idx]
-            f = f.float().numpy()
+                f = f[:, idx.to(f.device)]
+            f = f.float().cpu().numpy()
             d = docs[keep]
             if want is None:
                 for doc in np.unique(d):

@@ -42,10 +42,12 @@ class CrosscoderDiff:
     cc_dir: Path
     diff_dir: Path
     grounding_dir: Path
+    device: str = "cpu"
+    """Where the crosscoder is loaded (``crosscoder.device``)."""
 
     @functools.cached_property
     def cc(self) -> Any:
-        cc = CrossCoder.load(self.cc_dir)
+        cc = CrossCoder.load(self.cc_dir, map_location=self.device)
         cc.eval()
         return cc
 
@@ -113,7 +115,7 @@ def crosscoder_diffs(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: i
                    "seed": seed, "models": list(models), "diff": dataclasses.asdict(cfg.diff), "version": 3}
 
             def diff_fn(d: Path, cc_dir=cc_dir, seed=seed, name=name, models=models) -> dict:
-                cc = CrossCoder.load(cc_dir)
+                cc = CrossCoder.load(cc_dir, map_location=cfg.crosscoder.device)
                 cc.eval()
                 s = get_store()
                 table = latent_table(cc, s, layer, models, cfg.diff, progress=True)
@@ -133,7 +135,7 @@ def crosscoder_diffs(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: i
                 index = doc_index(capture_dir)
                 g_ids = np.array([i for i, r in enumerate(index) if r["kind"] == "grounding"], dtype=np.int64)
                 cat_of = {int(i): index[int(i)]["category"] for i in g_ids}
-                cc = CrossCoder.load(cc_dir)
+                cc = CrossCoder.load(cc_dir, map_location=cfg.crosscoder.device)
                 cc.eval()
                 ids, max_acts = store_prompt_max_acts(cc, get_store(), layer, models, doc_ids=g_ids, progress=True)
                 assign = grounded_assign(max_acts, [cat_of[int(i)] for i in ids], get_taxonomy(cfg),
@@ -143,7 +145,7 @@ def crosscoder_diffs(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: i
                 return {"grounding_prompts": int(len(g_ids))}
 
             g_dir, _ = stages.run("grounding", gkey, ground_fn, label=f"grounded categories {name} seed {seed}")
-            out.setdefault(name, {})[seed] = CrosscoderDiff(name, seed, models, cc_dir, diff_dir, g_dir)
+            out.setdefault(name, {})[seed] = CrosscoderDiff(name, seed, models, cc_dir, diff_dir, g_dir, cfg.crosscoder.device)
     return out
 
 

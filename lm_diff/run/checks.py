@@ -72,7 +72,7 @@ def controls_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int
         controls["selection"] = {name: selection_counts(by_seed[main]) for name, by_seed in diffs.items()}
         if identity is not None:
             store = ActivationStore(capture_dir / "store")
-            icc = CrossCoder.load(identity)
+            icc = CrossCoder.load(identity, map_location=cfg.crosscoder.device)
             pair = (a_index, a_index)
             itable = latent_table(icc, store, layer, pair, cfg.diff)
             iscaling = latent_scaling(icc, store, layer, pair, cfg=cfg.diff, table=itable, tokens=cfg.diff.scaling_tokens)

@@ -284,7 +284,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as exc:
         if debug:
             raise
-            _err_console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
+        _err_console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         _err_console().print("[yellow]interrupted[/yellow]: rerun the same command to resume")

@@ -53,7 +53,8 @@ def link_outputs(cfg: RunConfig, base: str | Path, finetuned: str | Path, art: O
     tasks = list(dict.fromkeys(joined["task"]))
     # benchmarks.task_categories > the categories the results declare > the task index and plugins
     overrides = {**dict(joined.attrs.get("task_categories") or {}), **dict(cfg.benchmarks.task_categories or {})}
-    tcats = task_categories(tasks, bench_task_manager(cfg), overrides=overrides, taxonomy=get_taxonomy(cfg))
+    tcats = task_categories(tasks, bench_task_manager(cfg), overrides=overrides, results=run_a.results,
+                            taxonomy=get_taxonomy(cfg))
     joined.attrs["task_categories"] = tcats
     if art is None:
         linked = link(joined, tcats, cfg.stats)

@@ -64,7 +64,7 @@ ACCELERATORS = {
     "cpu": Accelerator("CPU (nominal 16-core AVX-512)", 1e12, 1e12, 0.0),
 }
 # Fraction of peak each kind of work reaches (assumed; printed with the plan).
-UTILISATION = {"forward": 0.4, "train": 0.5, "diff": 0.3}
+UTILISATION = {"forward": 0.4, "train": 0.4, "diff": 0.3}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -197,13 +197,16 @@ def plan(cfg: RunConfig, gpu: str = "h100", model_config: Optional[str] = None) 
     act = x.batch_size * L * 4
     shard_all = c.shard_tokens * M * D * DTYPE_BYTES[c.dtype]
     buffer = 2 * (x.shuffle_buffer + c.shard_tokens) * Mx * D * DTYPE_BYTES[c.dtype]
+    # The trainer's GEMM operands are bf16 on a GPU unless crosscoder.precision says float32 (crosscoder/train.py).
+    bf16_train = acc.memory_bytes > 0 and x.precision in ("auto", "bfloat16")
+    train_peak = acc.peak_bf16 if bf16_train else acc.peak_fp32
     for name, frac in jobs:
         steps = max(1, int(round(x.steps * frac)))
         ntok = steps * x.batch_size
-        stages.append(_stage(name, ntok * dense, acc.peak_fp32, UTILISATION["train"], 4 * params * 4 + 4 * act,
+        stages.append(_stage(name, ntok * dense, train_peak, UTILISATION["train"], 4 * params * 4 + 4 * act,
                              shard_all + buffer, 4 * params * 4, tokens=ntok, flops_per_token=dense,
                              flops_per_token_sparse_decoder=sparse, seconds_sparse_decoder=ntok * sparse /
-                             (acc.peak_fp32 * UTILISATION["train"])))
+                             (train_peak * UTILISATION["train"])))
 
     n_cc = len(pairs) * len(cfg.controls.seeds) + int(cfg.controls.identity)
     diff_flops = n_cc * cfg.diff.scaling_tokens * 4 * Mx * D * L
@@ -222,14 +225,17 @@ def plan(cfg: RunConfig, gpu: str = "h100", model_config: Optional[str] = None) 
         "config": cfg.name, "design": cfg.design, "models": specs,
         "accelerator": {"name": gpu, "description": acc.name, "peak_bf16_flops": acc.peak_bf16,
                         "peak_fp32_flops": acc.peak_fp32, "memory_bytes": acc.memory_bytes,
-                        "utilisation": dict(UTILISATION), "forward_dtype": m.dtype, "train_dtype": "float32"},
+                        "utilisation": dict(UTILISATION), "forward_dtype": m.dtype,
+                        "train_dtype": "bfloat16" if bf16_train else "float32"},
         "architecture": {**arch.__dict__, "params": arch.params(), "layer_params": arch.layer_params(),
                          "layers_captured": layers},
         "stages": stages, "total": total, "fits_device_memory": fits,
         "notes": ["capture keeps one model resident (capture.simultaneous: false)" if not c.simultaneous else
                   "capture holds every model at once (capture.simultaneous: true)",
                   f"per-token store metadata: {META_BYTES_PER_TOKEN} bytes",
-                  "train: fp32 without TF32; the sparse-decoder figures are what a k-sparse decoder would cost"],
+                  ("train: bf16 GEMM operands, fp32 accumulation and optimizer state" if bf16_train else
+                   "train: fp32 without TF32") + "; the sparse-decoder figures are what a k-sparse decoder would cost",
+                  "diff: latent table and scaling run fp32"],
     }
 
 

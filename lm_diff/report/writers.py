@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 from lm_diff.errors import UserError
 from lm_diff.io import write_json, write_text
 from lm_diff.plugins.hookspecs import hookimpl
-from lm_diff.plugins.manager import hook
+from lm_diff.plugins.manager import hook, merged_mapping
 from lm_diff.report.html import write_html_report
 from lm_diff.report.markdown import to_markdown
 
@@ -37,11 +37,7 @@ def lm_diff_report_writers():
 
 def report_writers() -> dict[str, Any]:
     """Format name -> ``write(report, out_dir) -> Path`` from every ``lm_diff_report_writers`` hook (first wins)."""
-    merged: dict[str, Any] = {}
-    for result in hook().lm_diff_report_writers():
-        for k, v in (result or {}).items():
-            merged.setdefault(str(k), v)
-    return merged
+    return merged_mapping(hook().lm_diff_report_writers())
 
 
 def write_report(report: dict, out_dir: str | Path, formats: Optional[Iterable[str]] = None) -> dict[str, Path]:

@@ -25,7 +25,7 @@ from lm_diff.diff.controls import seed_clusters
 from lm_diff.diff.examples import collect_examples
 from lm_diff.errors import UserError
 from lm_diff.io import read_json, write_json
-from lm_diff.plugins.manager import hook
+from lm_diff.plugins.manager import hook, merged_mapping
 from lm_diff.run.analysis import CrosscoderDiff, Diffs, mass, set_triples, sets, stage_names
 from lm_diff.run.stages import Stages
 from lm_diff.schema import CI_HIGH, CI_LOW, METHOD, P_VALUE, POOLED_SEEDS, Q_VALUE, SINGLE_SEED, read_table, write_table
@@ -70,10 +70,7 @@ def categorize_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: i
 
 def annotate_sets(cfg: RunConfig, capture_dir: Path, layer: int, out: Path, triples) -> dict:
     """Optional LLM annotation (categories.method llm/both) of the selected latents; returns κ vs grounded labels."""
-    annotators: dict = {}
-    for result in hook().lm_diff_annotators():
-        for k, v in (result or {}).items():
-            annotators.setdefault(k, v)
+    annotators = merged_mapping(hook().lm_diff_annotators())
     if "llm" not in annotators:
         raise UserError("categories.method needs the 'llm' annotator, but no plugin provides it")
     store = ActivationStore(capture_dir / "store")

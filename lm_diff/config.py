@@ -114,6 +114,9 @@ class CategoriesConfig:
     """Grounding prompts: a JSONL of {text, category} rows disjoint from the scored items, `builtin` (the real-language
     set shipped for the default taxonomy, rendered with the model's chat template), or `organisms` (the demo organisms'
     set). Unset: `organisms` when both models are organisms, `builtin` otherwise."""
+    grounding_per_category: Optional[int] = None
+    """At most this many grounding prompts per category (and for neutral), the first ones in file order (None = all):
+    bounds the capture tokens the grounding set takes."""
     auroc_min: float = 0.75
     """Grounded assignment: minimum AUROC of category vs neutral max-activations."""
     specificity_min: float = 0.75
@@ -318,6 +321,8 @@ def _check_values(cfg: RunConfig, where: str) -> None:
     k = cfg.categories
     if not 0.5 <= k.auroc_min <= 1:
         raise ConfigError(f"{where}: categories.auroc_min must be in [0.5, 1], got {k.auroc_min}")
+    if k.grounding_per_category is not None:
+        _positive(where, "categories.grounding_per_category", k.grounding_per_category)
     if not 0.5 <= k.specificity_min <= 1:
         raise ConfigError(f"{where}: categories.specificity_min must be in [0.5, 1] (0.5 = off), got {k.specificity_min}")
     if not 0 < k.q < 1:

@@ -54,6 +54,7 @@ def test_gemma_anchored_dry_run_on_random_init_gemma2(tmp_path):
         "benchmarks.tasks": ["diff_demo"], "benchmarks.limit": 3, "benchmarks.apply_chat_template": False,
         "benchmarks.batch_size": 16,
         "stats.bootstrap": 50, "stats.permutations": 50, "controls.seeds": [0], "controls.causal": False,
+        "categories.grounding_per_category": 8,  # the real-language set (a non-organism pair), trimmed to fit
     })
     report = run(cfg, tmp_path / "run")
     assert report["schema"] == "lm_diff.report/v1"

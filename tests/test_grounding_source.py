@@ -48,3 +48,15 @@ def test_one_organism_and_one_real_model_is_not_an_organism_pair(tmp_path):
 def test_explicit_source_wins():
     cfg = from_dict({"models": {"base": "org/a", "finetuned": "org/b"}, "categories": {"grounding": "organisms"}})
     assert grounding_source(cfg) == "organisms"
+
+
+def test_grounding_per_category_caps_each_category_in_order():
+    from lm_diff.categorize.prompts import cap_per_category
+
+    rows = [{"text": str(i), "category": c} for i, c in enumerate("aabacbbn")]
+    assert [r["text"] for r in cap_per_category(rows, 2)] == ["0", "1", "2", "4", "5", "7"]
+    assert cap_per_category(rows, None) == rows
+    cfg = from_dict({"models": {"base": "org/a", "finetuned": "org/b"}, "categories": {"grounding_per_category": 3}})
+    prompts = grounding_prompts(cfg, get_taxonomy(cfg))
+    counts = {c: sum(p["category"] == c for p in prompts) for c in {p["category"] for p in prompts}}
+    assert set(counts.values()) == {3}

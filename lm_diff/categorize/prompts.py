@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from lm_diff.categorize.builtin_grounding import builtin_prompts
 from lm_diff.categorize.taxonomy import category_names
@@ -102,7 +102,7 @@ def lm_diff_grounding_prompts(config, taxonomy, tokenizer=None):
         prompts = load_grounding_jsonl(resolved)
         if taxonomy is not None:
             validate_prompts(prompts, taxonomy, where=str(resolved))
-        return prompts
+        return cap_per_category(prompts, getattr(config.categories, "grounding_per_category", None))
     if source == "builtin":
         prompts = builtin_prompts(tokenizer=tokenizer)
     else:
@@ -114,4 +114,17 @@ def lm_diff_grounding_prompts(config, taxonomy, tokenizer=None):
         if not any(p["category"] != NEUTRAL for p in prompts):
             # Nothing to contribute for this taxonomy; another plugin may ground it (the pipeline errors if none does).
             return []
-    return prompts
+    return cap_per_category(prompts, getattr(getattr(config, "categories", None), "grounding_per_category", None))
+
+
+def cap_per_category(prompts: list[dict[str, Any]], n: Optional[int]) -> list[dict[str, Any]]:
+    """The first ``n`` prompts of each category, order kept (``n`` None: all)."""
+    if n is None:
+        return prompts
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        seen[p["category"]] = seen.get(p["category"], 0) + 1
+        if seen[p["category"]] <= n:
+            out.append(p)
+    return out

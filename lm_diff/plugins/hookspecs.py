@@ -19,10 +19,7 @@ def lm_diff_taxonomy(config):
 
 @hookspec
 def lm_diff_grounding_prompts(config, taxonomy, tokenizer):
-    """Return labelled prompts ``[{"text", "category"}]`` used to ground latents in categories, or None.
-
-    ``tokenizer`` is the pair's tokenizer (None when prompts are only listed, e.g. for a cache key): render chat
-    prompts with its chat template."""
+    """Return labelled prompts ``[{"text", "category"}]`` to ground latents in categories (render chat with ``tokenizer``, which may be None), or None."""
 
 
 @hookspec

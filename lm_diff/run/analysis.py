@@ -171,7 +171,9 @@ def mass(d: CrosscoderDiff, latents: list[int], side: str) -> list[float]:
     return [float(t.at[j, "mean_act"] * t.at[j, f"norm_{side}"]) for j in latents]
 
 
-def stage_names(diffs: Diffs, seeds: list[int] | None = None) -> dict:
-    """{name: {seed: [diff stage, grounding stage]}}: the upstream part of a downstream stage's key."""
-    return {n: {s: [d.diff_dir.name, d.grounding_dir.name] for s, d in by.items() if seeds is None or s in seeds}
+def stage_names(diffs: Diffs, seeds: list[int] | None = None, grounding: bool = True) -> dict:
+    """{name: {seed: [diff stage, grounding stage]}}: the upstream part of a downstream stage's key. A stage that
+    reads no category (controls, examples, quality) passes ``grounding=False`` and keys on the diff stages alone."""
+    return {n: {s: [d.diff_dir.name] + ([d.grounding_dir.name] if grounding else [])
+                for s, d in by.items() if seeds is None or s in seeds}
             for n, by in diffs.items()}

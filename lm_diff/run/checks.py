@@ -58,7 +58,7 @@ def controls_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int
     """Seed reproducibility, selection counts and the identity control (the per-seed shifts live in ``shift``)."""
     seeds = list(cfg.controls.seeds)
     ctl = {k: v for k, v in dataclasses.asdict(cfg.controls).items() if k != "causal"}
-    key = {"diffs": stage_names(diffs, seeds), "identity": identity.parent.name if identity else None,
+    key = {"diffs": stage_names(diffs, seeds, grounding=False), "identity": identity.parent.name if identity else None,
            "capture": capture_dir.name, "layer": layer, "controls": ctl, "diff": dataclasses.asdict(cfg.diff),
            "version": 1}
 
@@ -87,7 +87,7 @@ def controls_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int
 def examples_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, diffs: Diffs) -> Path:
     """Card examples of the selected latents and their per-document activations on the scored benchmark prompts."""
     seed = cfg.controls.seeds[0]
-    key = {"diffs": stage_names(diffs, [seed]), "design": cfg.design, "capture": capture_dir.name, "layer": layer,
+    key = {"diffs": stage_names(diffs, [seed], grounding=False), "design": cfg.design, "capture": capture_dir.name, "layer": layer,
            "cards": [cfg.report.latent_cards, cfg.report.card_examples], "diff": dataclasses.asdict(cfg.diff),
            "version": 1}
 
@@ -146,7 +146,7 @@ def quality_stage(cfg: RunConfig, pair: Any, stages: Stages, capture_dir: Path, 
                   loaded: dict) -> Path:
     """Reconstruction on held-out tokens and spliced loss of the first seed's crosscoders."""
     seed = cfg.controls.seeds[0]
-    key = {"diffs": stage_names(diffs, [seed]), "capture": capture_dir.name, "layer": layer,
+    key = {"diffs": stage_names(diffs, [seed], grounding=False), "capture": capture_dir.name, "layer": layer,
            "models": pair.fingerprints, "dtype": cfg.models.dtype, "version": 1}
 
     def fn(d: Path) -> dict:

@@ -186,3 +186,14 @@ def test_result_tables_read_the_saved_outputs(tmp_path):
     (tmp_path / "plan_gemma.json").write_text(_json.dumps(plan, indent=2))
     text = results.table_plan(tmp_path)
     assert "| capture | 5e+17 | 22.5 min | 20.0 GB | 9.0 GB | 430.0 GB |" in text and "train 40%" in text
+
+
+def test_compare_reports_ignores_time_and_paths_only():
+    from lm_diff.dev.compare_reports import compare
+
+    a = {"generated_at": "t1", "run": {"out": "/work/x/runs/demo/stages/a"}, "q": 0.1 + 0.2, "n": [1, 2], "s": "x"}
+    b = {"generated_at": "t2", "run": {"out": "/tmp/y/runs/demo/stages/b"}, "q": 0.3, "n": [1, 2], "s": "x"}
+    diffs, close = compare(a, b)
+    assert diffs == [] and len(close) == 1
+    diffs, _ = compare(a, {**b, "n": [1, 3], "extra": 1})
+    assert ("/n[1]", 2, 3) in diffs and ("/extra", "only in the second") in diffs

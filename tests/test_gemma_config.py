@@ -58,12 +58,12 @@ def test_gemma_anchored_dry_run_on_random_init_gemma2(tmp_path):
     })
     report = run(cfg, tmp_path / "run")
     assert report["schema"] == "lm_diff.report/v1"
-    stage = next((tmp_path / "run" / "stages").glob("diff-*"))
-    quality = json.loads((stage / "quality.json").read_text())
+    stages = tmp_path / "run" / "stages"
+    quality = json.loads((next(stages.glob("quality-*")) / "quality.json").read_text())
     assert set(quality["crosscoders"]) == {"PA", "PB"}
     assert set(quality["models"]) == {"P", "A", "B"}
     for role in ("A", "B"):
         assert 0 <= quality["models"][role]["l0"] <= 64
-    assert "identity" in json.loads((stage / "controls.json").read_text())
+    assert "identity" in json.loads((next(stages.glob("controls-*")) / "controls.json").read_text())
     assert {c["name"] for c in report["categories"]} >= {"safety", "multilingual", "code"}
     assert (tmp_path / "run" / "report.html").exists()

@@ -27,16 +27,15 @@ so the models' mean centred norm is √D; ``none``. :meth:`fold_normalisation` f
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
 from lm_diff.crosscoder.dist import LOCAL, DistCtx
+from lm_diff.crosscoder.files import load_weights, read_config
 from lm_diff.crosscoder.kernels import _Decode, _TopKEncode, train_threads
 from lm_diff.crosscoder.topk import _sample_stride, batch_topk_threshold, topn_select
 from lm_diff.errors import UserError
@@ -192,13 +191,11 @@ class CrossCoder(nn.Module):
         cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not cfg_path.exists() or not w_path.exists():
             raise UserError(f"{directory}: no crosscoder here (expected {CONFIG_FILE} and {WEIGHTS_FILE}); train one first")
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if cfg.get("format") != FORMAT:
-            raise UserError(f"{cfg_path}: unknown crosscoder format {cfg.get('format')!r} (expected {FORMAT})")
+        cfg = read_config(cfg_path, FORMAT)
         cfg.pop("metadata", None)
         dev = torch.device(map_location)
         cc = cls.from_config(cfg).to(dev)
-        cc.load_state_dict(load_file(str(w_path), device=str(dev)))
+        load_weights(w_path, dev, cc.load_state_dict)
         return cc
 
     # ------------------------------------------------------------------------------------------------------------------

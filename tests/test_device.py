@@ -149,7 +149,7 @@ def test_bf16_gemms_train_close_to_fp32(tmp_path):
 
 def test_checkpoint_loads_onto_the_device(tmp_path, monkeypatch):
     """CrossCoder.load reads the safetensors straight onto map_location and puts the module there."""
-    from lm_diff.crosscoder import model as model_mod
+    from lm_diff.crosscoder import files as model_mod  # where CrossCoder.load reads the weights
 
     cc = CrossCoder(8, 2, 16, "batchtopk", 2)
     cc.save(tmp_path)

@@ -54,6 +54,22 @@ def test_second_run_on_the_same_output_is_refused_naming_the_holder(tmp_path):
     assert not (tmp_path / HOLDER).exists()
 
 
+def test_torchrun_ranks_share_the_lock_of_rank_0(tmp_path, monkeypatch):
+    """`torchrun ... lm-diff train` starts one process per rank on the same folder: rank 0 holds the lock, the other
+    ranks are not refused by it; an unrelated second run still is."""
+    holder = _hold_lock(tmp_path)
+    try:
+        monkeypatch.setenv("RANK", "1")
+        with OutputLock(tmp_path):
+            pass
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(UserError, match="in use by another lm-diff run"):
+            OutputLock(tmp_path).acquire()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
 def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # that process has exited: its PID is gone

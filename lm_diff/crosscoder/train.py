@@ -31,6 +31,7 @@ top k·B over the *global* batch (candidate values are all-gathered), losses are
 and gradients are summed with one all-reduce, so N processes compute the same update as one up to floating-point
 summation order (tests/test_train.py: 2 gloo processes match 1 within 1e-4). Rank 0 writes every file. Commands::
 
+    lm-diff capture CONFIG --out RUN_DIR        # first: one process captures, the ranks then share the store
     torchrun --standalone --nproc_per_node 4 -m lm_diff train CONFIG --out RUN_DIR --set crosscoder.device=cuda
     torchrun --standalone --nproc_per_node 2 -m lm_diff train CONFIG --out RUN_DIR --set crosscoder.device=cpu
 """

@@ -102,6 +102,8 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         self.out.mkdir(parents=True, exist_ok=True)
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            return self  # a torchrun job holds the folder once, through rank 0; its other ranks share that lock
         try:
             self.lock.acquire()
         except Timeout:

@@ -213,6 +213,17 @@ def _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, s
             yield (out, {k: v[n_full:] for k, v in m.items()}) if with_meta else out
 
 
+def pick_layer(layers: list[int], layer: int | None, where: str, missing: str = "was not captured") -> int:
+    """``layer``, or the only layer when None; one UserError naming ``where`` otherwise (store and stream alike)."""
+    if layer is None:
+        if len(layers) != 1:
+            raise UserError(f"{where}: holds layers {layers}; name one")
+        return layers[0]
+    if layer not in layers:
+        raise UserError(f"{where}: layer {layer} {missing}; it holds layers {layers}")
+    return layer
+
+
 class ActivationStore:
     """Read-only view of a complete activation store directory (see the module docstring for the layout)."""
 
@@ -267,13 +278,7 @@ class ActivationStore:
         return f"ActivationStore({str(self.path)!r}, n_tokens={self.n_tokens}, models={self.n_models}, layers={self.layers}, d_model={self.d_model})"
 
     def _check_layer(self, layer: int | None) -> int:
-        if layer is None:
-            if len(self.layers) != 1:
-                raise UserError(f"{self.path}: the store holds layers {self.layers}; name one")
-            return self.layers[0]
-        if layer not in self.layers:
-            raise UserError(f"{self.path}: layer {layer} was not captured; the store holds layers {self.layers}")
-        return layer
+        return pick_layer(self.layers, layer, str(self.path))
 
     # -- statistics ----------------------------------------------------------------------------------------------
     def stats(self, layer: int | None = None) -> dict[str, Any]:

@@ -28,7 +28,15 @@ from lm_diff.capture.forward import (
     model_label,
     unwrap,
 )
-from lm_diff.capture.store import META_KEYS, merge_sums, model_part, shard_batches, shard_sums, shard_tensors
+from lm_diff.capture.store import (
+    META_KEYS,
+    merge_sums,
+    model_part,
+    pick_layer,
+    shard_batches,
+    shard_sums,
+    shard_tensors,
+)
 from lm_diff.capture.tokenize import plan_chunks, shard_plan
 from lm_diff.errors import UserError
 from lm_diff.models import ModelSource, hidden_size, n_layers
@@ -96,13 +104,7 @@ class ActivationStream:
         return self.n_tokens
 
     def _check_layer(self, layer: Optional[int]) -> int:
-        if layer is None:
-            if len(self._layers) != 1:
-                raise UserError(f"stream: it computes layers {self._layers}; name one")
-            return self._layers[0]
-        if layer not in self._layers:
-            raise UserError(f"stream: layer {layer} is not computed; the stream holds layers {self._layers}")
-        return layer
+        return pick_layer(self._layers, layer, "activation stream", missing="is not computed")
 
     # -- shards ------------------------------------------------------------------------------------------------------
     def shard(self, si: int) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from lm_diff.config_schema import _build, _convert, _positive, _type_name, field_docs
-from lm_diff.config_sections import CrosscoderConfig, DiffConfig, ModelsConfig, check_sections
+from lm_diff.config_sections import CrosscoderConfig, DiffConfig, ModelsConfig, StatsConfig, check_sections
 from lm_diff.errors import ConfigError
 
 # re-exported: every ``from lm_diff.config import X`` of before the split keeps working
@@ -157,27 +157,6 @@ class BenchmarksConfig:
     reuse: dict[str, str] = field(default_factory=dict)
     """Reuse existing ``lm_eval --output_path ... --log_samples`` runs instead of running lm-eval: ``{A: dir, B: dir}``
     (base and fine-tune; both or neither)."""
-
-
-@dataclass
-class StatsConfig:
-    confidence: float = 0.95
-    """Confidence level of every interval."""
-    bootstrap: int = 10000
-    """Bootstrap resamples (paired over documents; hierarchical over seeds and latents; docs/method.md#permutation-null: 10^4)."""
-    permutations: int = 10000
-    """Permutations for label-permutation nulls and association p-values (docs/method.md#permutation-null: 10^4; with 2000 the demo's q
-    values near 0.05 moved by ±0.006 between resampling seeds)."""
-    min_count: int = 5
-    """Categories with n_S + n_T below this are marked insufficient."""
-    seed: int = 0
-    """Seed of resampling."""
-    pool_seeds: bool = True
-    """With several crosscoder seeds, the headline category shift pools the specific sets of all seeds, with clusters
-    of matched latents (one feature found by several seeds) as the unit of the bootstrap CI and the permutation test;
-    false = the first seed alone (Katz CI, Fisher test)."""
-    cluster_min_cos: float = 0.7
-    """Latents of two seeds whose Hungarian-matched decoder cosine is at least this are one cluster (pooled shift)."""
 
 
 @dataclass
@@ -338,8 +317,9 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: categories.annotator.f1_min must be in [0, 1], got {an.f1_min}")
     _check_benchmarks(cfg.benchmarks, where)
     s = cfg.stats
-    if not 0 < s.confidence < 1:
-        raise ConfigError(f"{where}: stats.confidence must be in (0, 1), got {s.confidence}")
+    for key in ("confidence", "power"):
+        if not 0 < getattr(s, key) < 1:
+            raise ConfigError(f"{where}: stats.{key} must be in (0, 1), got {getattr(s, key)}")
     for key in ("bootstrap", "permutations"):
         _positive(where, f"stats.{key}", getattr(s, key))
     if not 0 < s.cluster_min_cos <= 1:

@@ -157,3 +157,30 @@ def check_sections(cfg: Any, where: str) -> None:
     for key in ("stream_batch_size", "quantiles", "top_examples", "window"):
         _positive(where, f"diff.{key}", getattr(d, key))
     _positive(where, "diff.random_examples", d.random_examples, allow_zero=True)
+
+
+@dataclass
+class StatsConfig:
+    confidence: float = 0.95
+    """Confidence level of every interval."""
+    bootstrap: int = 10000
+    """Bootstrap resamples (paired over documents; hierarchical over seeds and latents; docs/method.md#permutation-null: 10^4)."""
+    permutations: int = 10000
+    """Permutations for label-permutation nulls and association p-values (docs/method.md#permutation-null: 10^4; with 2000 the demo's q
+    values near 0.05 moved by ±0.006 between resampling seeds)."""
+    min_count: int = 5
+    """Categories with n_S + n_T below this are marked insufficient."""
+    seed: int = 0
+    """Seed of resampling."""
+    pool_seeds: bool = True
+    """With several crosscoder seeds, the headline category shift pools the specific sets of all seeds, with clusters
+    of matched latents (one feature found by several seeds) as the unit of the bootstrap CI and the permutation test;
+    false = the first seed alone (Katz CI, Fisher test)."""
+    cluster_min_cos: float = 0.7
+    """Latents of two seeds whose Hungarian-matched decoder cosine is at least this are one cluster (pooled shift)."""
+    power: float = 0.8
+    """Power at which the report states each category's minimum detectable shift (docs/method.md#minimum-detectable-shift)."""
+    fcr_intervals: bool = True
+    """Widen the category-shift intervals to the false-coverage-rate level 1 − R·α/m (R of m categories at
+    q ≤ 1 − confidence; docs/method.md#fcr-intervals), so an interval that excludes no change means what a discovery
+    means; false = every interval at ``confidence``."""

@@ -16,6 +16,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 from scipy import stats as _st
 
+from lm_diff.power import permutation_sd
+
 __all__ = [
     "Interval", "bh_qvalues", "count_ratio", "share_ratio", "katz_share_ratio_ci", "fisher_exact",
     "mannwhitney_auroc_columns", "bootstrap_mean_ci", "paired_bootstrap_diff", "hierarchical_bootstrap", "permutation_shift_null",
@@ -302,7 +304,7 @@ def cluster_shift(
     out = {"n_S": nS, "n_T": nT, "N_S": np.full(C, N_S), "N_T": np.full(C, N_T)}
     nan = np.full(C, np.nan)
     if N_S == 0 or N_T == 0:
-        out.update(share_ratio=nan, lo=nan, hi=nan, p=nan)
+        out.update(share_ratio=nan, lo=nan, hi=nan, p=nan, null_sd=nan, boot=np.full((1, C), np.nan))
         return out
     with np.errstate(divide="ignore", invalid="ignore"):
         out["share_ratio"] = (nS / N_S) / (nT / N_T) - 1.0
@@ -318,8 +320,10 @@ def cluster_shift(
             bT = np.einsum("bk,bkc->bc", bv, L[idx])
             boots[s:e] = (bS / bu.sum(1, keepdims=True)) / (bT / bv.sum(1, keepdims=True)) - 1.0
     out["lo"], out["hi"] = _percentile(boots, confidence)
+    out["boot"] = boots
     obs = nS / N_S - nT / N_T
     w = u / N_S - v / N_T  # the share difference is Σ_k w_k π_kc
+    out["null_sd"] = permutation_sd(w, L)
     null = np.empty((n_perm, C))
     for s in range(0, n_perm, chunk):
         e = min(n_perm, s + chunk)

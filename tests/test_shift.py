@@ -28,8 +28,14 @@ def test_seed_numbers_count_and_share():
     r = df.loc["instruction_following"]
     assert (r.n_S, r.n_T, r.N_S, r.N_T) == (73, 29, 150, 120)
     assert r.share_ratio == pytest.approx((73 / 150) / (29 / 120) - 1)
-    iv = katz_share_ratio_ci(73, 150, 29, 120)
+    # intervals at the FCR level 1 - R*0.05/m: instruction following and hallucination are discoveries (R = 2, m = 3)
+    assert (df["fisher_q"].dropna() <= 0.05).sum() == 2 and r.ci_level == pytest.approx(1 - 2 * 0.05 / 3)
+    iv = katz_share_ratio_ci(73, 150, 29, 120, confidence=1 - 2 * 0.05 / 3)
     assert r.share_ratio_lo == pytest.approx(iv.lo - 1) and r.share_ratio_hi == pytest.approx(iv.hi - 1)
+    plain = category_shift(S, T, TAX, StatsConfig(bootstrap=200, fcr_intervals=False)).set_index("category")
+    iv = katz_share_ratio_ci(73, 150, 29, 120)
+    assert plain.loc["instruction_following", "share_ratio_lo"] == pytest.approx(iv.lo - 1)
+    assert plain.loc["instruction_following", "ci_level"] == 0.95
     assert r.fisher_p == pytest.approx(fisher_exact(73, 150, 29, 120))
     assert df.loc["unassigned", "n_S"] == 150 - 113 and np.isnan(df.loc["unassigned", "fisher_q"])
     assert not df["insufficient"].any()

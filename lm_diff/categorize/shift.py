@@ -23,6 +23,7 @@ import pandas as pd
 from lm_diff.categorize.taxonomy import category_names
 from lm_diff.config import StatsConfig
 from lm_diff.errors import UserError
+from lm_diff.power import fcr_confidence, min_detectable_ratio, permutation_sd
 from lm_diff.stats import (
     _percentile,
     bh_qvalues,
@@ -154,6 +155,20 @@ def category_shift(
     is_cat = df["category"] != UNASSIGNED
     df["fisher_q"] = np.nan
     df.loc[is_cat, "fisher_q"] = bh_qvalues(df.loc[is_cat, "fisher_p"].to_numpy())
+    level = conf
+    if getattr(stats_cfg, "fcr_intervals", True) and is_cat.any():
+        level = fcr_confidence(df.loc[is_cat, "fisher_q"].tolist(), 1 - conf)
+        cis = [katz_share_ratio_ci(a, N_S, b, N_T, confidence=level) for a, b in zip(nS, nT)]
+        df["share_ratio_lo"], df["share_ratio_hi"] = [c.lo - 1.0 for c in cis], [c.hi - 1.0 for c in cis]
+    df["ci_level"] = level
+    power = float(getattr(stats_cfg, "power", 0.8))
+    m = max(int(is_cat.sum()), 1)
+    w = np.concatenate([np.full(N_S, 1.0 / max(N_S, 1)), np.full(N_T, -1.0 / max(N_T, 1))])
+    sd = permutation_sd(w, np.concatenate([piS, piT], axis=0))
+    mds = [min_detectable_ratio(p0, N_S, N_T, x, (1 - conf) / m, power)
+           for p0, x in zip((nS + nT) / max(N_S + N_T, 1), sd)]
+    df["mds_up"] = [np.nan if a is None else a for a, _ in mds]
+    df["mds_down"] = [np.nan if b is None else b for _, b in mds]
     rng = np.random.default_rng(seed)
     if mass_S is not None or mass_T is not None:
         for side, pi, mass in (("S", piS, mass_S), ("T", piT, mass_T)):
@@ -190,7 +205,7 @@ def category_shift(
     if permutation:
         null = permutation_shift_null(piS, piT, n_perm=n_perm, seed=seed)
         df["perm_p"] = null["p"]
-    df.attrs.update({"confidence": conf, "min_count": min_count, "N_S": N_S, "N_T": N_T})
+    df.attrs.update({"confidence": conf, "ci_level": level, "min_count": min_count, "N_S": N_S, "N_T": N_T})
     return df
 
 
@@ -211,7 +226,10 @@ def pooled_category_shift(
     CI is a cluster bootstrap and ``p`` a cluster label-permutation test (``stats.cluster_shift``); ``q`` is BH
     across taxonomy categories. ``insufficient`` when fewer than ``min_count`` distinct clusters carry the category.
     Columns as :func:`category_shift` (pooled counts) plus ``p``, ``q``, ``clusters_S``, ``clusters_T``,
-    ``clusters_c`` (clusters carrying the category) and, with ``masses``, pooled ``mass_share_S``/``_T``."""
+    ``clusters_c`` (clusters carrying the category), ``ci_level`` (the intervals' level: the FCR level
+    1 − max(R, 1)·α/m unless ``stats.fcr_intervals`` is false), ``mds_up``/``mds_down`` (the smallest share ratio
+    − 1 up and down detectable with ``stats.power`` at level α/m, what one category alone needs for q ≤ α; NaN:
+    not detectable; docs/method.md#minimum-detectable-shift) and, with ``masses``, pooled ``mass_share_S``/``_T``."""
     conf, n_boot, n_perm, min_count, seed = _stats_params(stats_cfg)
     cats = category_names(taxonomy)
     names = cats + ([UNASSIGNED] if include_unassigned else [])
@@ -261,6 +279,26 @@ def pooled_category_shift(
     is_cat = df["category"] != UNASSIGNED
     df["q"] = np.nan
     df.loc[is_cat, "q"] = bh_qvalues(df.loc[is_cat, "p"].to_numpy())
+    level = conf
+    if getattr(stats_cfg, "fcr_intervals", True) and is_cat.any():
+        level = fcr_confidence(df.loc[is_cat, "q"].tolist(), 1 - conf)
+        df["share_ratio_lo"], df["share_ratio_hi"] = _percentile(res["boot"], level)
+    # The cluster bootstrap alone undercovers when a category has a handful of clusters in one set (a resample cannot
+    # draw more of them than exist): the interval is the hull of it and a Katz interval on cluster-deflated counts
+    # (each set's counts scaled by its clusters per latent), docs/method.md#pooling-seeds.
+    kS, kT = float((u > 0).sum()), float((v > 0).sum())
+    for i, (a, b) in enumerate(zip(nS_exact, nT_exact)):
+        if N_S > 0 and N_T > 0:
+            kz = katz_share_ratio_ci(a * kS / N_S, kS, b * kT / N_T, kT, confidence=level)
+            df.loc[i, "share_ratio_lo"] = np.fmin(df.loc[i, "share_ratio_lo"], kz.lo - 1.0)
+            df.loc[i, "share_ratio_hi"] = np.fmax(df.loc[i, "share_ratio_hi"], kz.hi - 1.0)
+    df["ci_level"] = level
+    power = float(getattr(stats_cfg, "power", 0.8))
+    m = max(int(is_cat.sum()), 1)
+    mds = [min_detectable_ratio(p0, N_S, N_T, sd, (1 - conf) / m, power)
+           for p0, sd in zip((nS_exact + nT_exact) / max(N_S + N_T, 1), res["null_sd"])]
+    df["mds_up"] = [np.nan if a is None else a for a, _ in mds]
+    df["mds_down"] = [np.nan if b is None else b for _, b in mds]
     if masses is not None:
         for side, sel in (("S", in_S), ("T", ~in_S)):
             m = np.nan_to_num(mass[sel])
@@ -268,6 +306,7 @@ def pooled_category_shift(
             df[f"mass_share_{side}"] = (pi[sel] * m[:, None]).sum(0) / tot if tot > 0 else np.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             df["mass_ratio"] = df["mass_share_S"] / df["mass_share_T"] - 1.0
-    df.attrs.update({"confidence": conf, "min_count": min_count, "N_S": N_S, "N_T": N_T, "seeds": len(per_seed),
-                     "clusters": K, "method": "pooled over seeds; cluster bootstrap CI; cluster label-permutation p"})
+    df.attrs.update({"confidence": conf, "ci_level": level, "power": power, "mds_alpha": (1 - conf) / m,
+                     "min_count": min_count, "N_S": N_S, "N_T": N_T, "seeds": len(per_seed), "clusters": K,
+                     "method": "pooled over seeds; cluster bootstrap CI (FCR level); cluster label-permutation p"})
     return df

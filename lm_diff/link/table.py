@@ -18,7 +18,7 @@ from lm_diff.schema import CI_HIGH, CI_LOW, METHOD, P_VALUE, Q_VALUE
 from lm_diff.stats import bh_qvalues
 
 SHIFT_KEYS = ("share_ratio", "count_ratio", CI_LOW, CI_HIGH, Q_VALUE, P_VALUE, "n_S", "n_T", "N_S", "N_T",
-              "insufficient", "mass_share_S", "mass_share_T")
+              "insufficient", "mass_share_S", "mass_share_T", "ci_level", "mds_up", "mds_down")
 GAP_KEYS = ("delta", "ci_low", "ci_high", "p_value", "n", "score_a", "score_b", "tasks", "unit", "flips_up", "flips_down")
 
 

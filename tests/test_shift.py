@@ -1,5 +1,7 @@
 """Category shift table: seed numbers, Katz CI, Fisher/BH, soft labels, masses, bootstrap, permutation."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -104,6 +106,10 @@ def test_pooled_matches_single_seed_with_singletons():
     assert pooled.at["safety", "p"] == pytest.approx(single.at["safety", "perm_p"], abs=0.02)
     assert pooled.at["safety", "share_ratio_lo"] > 0 and pooled.at["safety", "p"] < 0.05
     assert bool(pooled.at["hallucination", "insufficient"]) is False and bool(pooled.at["instruction_following", "insufficient"]) is True
+    # the table's attributes are written into parquet as JSON (masses used to leave an array in them)
+    with_mass = pooled_category_shift([(S, T)], [(np.arange(40), np.arange(40, 90))], TAX, cfg,
+                                      masses=[(np.ones(40), np.ones(50))])
+    assert json.loads(json.dumps(with_mass.attrs))["mds_alpha"] == pytest.approx(0.05 / 3)
 
 
 def test_pooled_identical_seeds_add_no_evidence():

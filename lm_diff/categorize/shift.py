@@ -162,10 +162,10 @@ def category_shift(
         df["share_ratio_lo"], df["share_ratio_hi"] = [c.lo - 1.0 for c in cis], [c.hi - 1.0 for c in cis]
     df["ci_level"] = level
     power = float(getattr(stats_cfg, "power", 0.8))
-    m = max(int(is_cat.sum()), 1)
+    n_cat = max(int(is_cat.sum()), 1)
     w = np.concatenate([np.full(N_S, 1.0 / max(N_S, 1)), np.full(N_T, -1.0 / max(N_T, 1))])
     sd = permutation_sd(w, np.concatenate([piS, piT], axis=0))
-    mds = [min_detectable_ratio(p0, N_S, N_T, x, (1 - conf) / m, power)
+    mds = [min_detectable_ratio(p0, N_S, N_T, x, (1 - conf) / n_cat, power)
            for p0, x in zip((nS + nT) / max(N_S + N_T, 1), sd)]
     df["mds_up"] = [np.nan if a is None else a for a, _ in mds]
     df["mds_down"] = [np.nan if b is None else b for _, b in mds]
@@ -294,8 +294,8 @@ def pooled_category_shift(
             df.loc[i, "share_ratio_hi"] = np.fmax(df.loc[i, "share_ratio_hi"], kz.hi - 1.0)
     df["ci_level"] = level
     power = float(getattr(stats_cfg, "power", 0.8))
-    m = max(int(is_cat.sum()), 1)
-    mds = [min_detectable_ratio(p0, N_S, N_T, sd, (1 - conf) / m, power)
+    n_cat = max(int(is_cat.sum()), 1)
+    mds = [min_detectable_ratio(p0, N_S, N_T, sd, (1 - conf) / n_cat, power)
            for p0, sd in zip((nS_exact + nT_exact) / max(N_S + N_T, 1), res["null_sd"])]
     df["mds_up"] = [np.nan if a is None else a for a, _ in mds]
     df["mds_down"] = [np.nan if b is None else b for _, b in mds]
@@ -306,7 +306,7 @@ def pooled_category_shift(
             df[f"mass_share_{side}"] = (pi[sel] * m[:, None]).sum(0) / tot if tot > 0 else np.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             df["mass_ratio"] = df["mass_share_S"] / df["mass_share_T"] - 1.0
-    df.attrs.update({"confidence": conf, "ci_level": level, "power": power, "mds_alpha": (1 - conf) / m,
+    df.attrs.update({"confidence": conf, "ci_level": level, "power": power, "mds_alpha": (1 - conf) / n_cat,
                      "min_count": min_count, "N_S": N_S, "N_T": N_T, "seeds": len(per_seed), "clusters": K,
                      "method": "pooled over seeds; cluster bootstrap CI (FCR level); cluster label-permutation p"})
     return df

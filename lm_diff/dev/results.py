@@ -6,7 +6,9 @@ Each source is the output of a command, kept in the repository because it needs 
 - ``gpu``: ``benchmarks/results/bench_gpu.log`` and ``gpu_smoke.log`` (``python3 benchmarks/bench_gpu.py`` and
   ``python3 benchmarks/gpu_smoke.py`` on a GPU machine);
 - ``plan``: ``benchmarks/results/plan_gemma.json`` (``lm-diff plan configs/gemma.yaml --json``, rewritten by
-  ``make figures``).
+  ``make figures``);
+- ``recovery``: ``benchmarks/results/recovery.log`` (``python benchmarks/bench_recovery.py > benchmarks/results/recovery.log``:
+  the latent half's recovery of the planted shifts over crosscoder-seed reruns, ~30 min per family on 2 cores).
 """
 
 from __future__ import annotations
@@ -100,5 +102,45 @@ def table_plan(root: Path = RESULTS) -> str:
     return head + _md(["stage", "FLOPs", "time", "device memory", "host memory", "disk"], rows)
 
 
-FILE_TABLES: dict[str, Callable[[], str]] = {"gpu": table_gpu, "plan": table_plan}
-SOURCES = {"gpu": "benchmarks/results/bench_gpu.log, gpu_smoke.log", "plan": "benchmarks/results/plan_gemma.json"}
+def _pct(x: Any) -> str:
+    if not isinstance(x, (int, float)):
+        return "–"
+    return "∞" if x == float("inf") else f"{100 * x:+.0f} %"
+
+
+def _spread(s: Any, fmt: Callable[[Any], str]) -> str:
+    if not isinstance(s, dict):
+        return "–"
+    return f"{fmt(s['median'])} [{fmt(s['min'])}, {fmt(s['max'])}]"
+
+
+def table_recovery(root: Path = RESULTS) -> str:
+    b = last_json(root / "recovery.log")
+    parts = []
+    for fam in b["families"]:
+        rows = []
+        for c, e in fam["categories"].items():
+            sign = {1: "gain", -1: "loss", 0: "–"}.get(e["planted_sign"], "?")
+            if e["planted_sign"]:
+                verdict = f"found in {e['hits']} of {fam['reruns']}"
+            else:
+                fp = e.get("false_positive_reruns") or []
+                verdict = "clean" if not fp else f"false positive in {len(fp)} of {fam['reruns']}"
+            rows.append([c, sign, verdict, _spread(e["q_spread"], lambda x: f"{x:.3f}"),
+                         _spread(e["ratio_spread"], _pct), _spread(e.get("mds_up"), _pct)])
+        nulls = fam["null_false_positives"]
+        head = (f"**{fam['family']}** — {fam['reruns']} reruns (crosscoder seeds 0–2, 3–5, …), "
+                f"{fam['null_reruns']} null-pair reruns: {'clean' if not nulls else 'significant: ' + str(nulls)}; "
+                f"identity control specific latents {fam['identity_specific']}; first full run "
+                f"{_time(fam['full_run_s'])}.\n\n")
+        parts.append(head + _md(["category", "planted", "verdict (q ≤ 0.01, CI excludes 0, right sign)",
+                                 "q median [min, max]", "share ratio median [min, max]",
+                                 "detectable gain (median)"], rows))
+    settings = ", ".join(b.get("settings") or []) or "the default configuration"
+    verdict = "every target met" if b.get("ok") else "targets missed: " + "; ".join(b.get("failures") or [])
+    return f"*{settings}; {verdict}.*\n\n" + "\n\n".join(parts)
+
+
+FILE_TABLES: dict[str, Callable[[], str]] = {"gpu": table_gpu, "plan": table_plan, "recovery": table_recovery}
+SOURCES = {"gpu": "benchmarks/results/bench_gpu.log, gpu_smoke.log", "plan": "benchmarks/results/plan_gemma.json",
+           "recovery": "benchmarks/results/recovery.log"}

@@ -1,7 +1,7 @@
 """Recovery of the planted category shifts by the latent half, over reruns with different crosscoder seeds (issue 15).
 
 For each organism family (a config under configs/, e.g. ``demo`` and ``natural``) the full pipeline runs ``--reruns``
-times with crosscoder seed sets [0, 1, 2], [3, 4, 5], ... into one folder per family (benchmarks and the capture are
+times with crosscoder seed sets [0, 1, 2], [3, 4, 5], ... (``--seeds-per-run``) into one folder per family (benchmarks and the capture are
 cached, every rerun trains its own crosscoders), and ``--null-reruns`` times on the family's null pair (the fine-tune
 replaced by ``null``, a fine-tune on the base mix). From each report.json it reads, per category, the headline q,
 share ratio and interval, and checks the targets:
@@ -169,6 +169,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--reruns", type=int, default=5)
     ap.add_argument("--null-reruns", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "runs" / "recovery"))
+    ap.add_argument("--seeds-per-run", type=int, default=3, help="crosscoder seeds pooled in one run")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every run")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -185,7 +186,8 @@ def main(argv=None) -> dict:
         for kind, n, extra in (("run", args.reruns, []), ("null", args.null_reruns, [f"models.finetuned={null_spec(config)}"])):
             folder = out_root / (family if kind == "run" else f"{family}-null")
             for r in range(n):
-                seeds = [3 * r, 3 * r + 1, 3 * r + 2]
+                k = args.seeds_per_run
+                seeds = list(range(k * r, k * r + k))
                 wall, rc = run_pipeline(config, folder, args.set + extra + [f"controls.seeds={seeds}"], log)
                 if rc != 0:
                     raise SystemExit(f"{family} {kind} rerun {r} failed (exit {rc}); see {log}")
@@ -197,7 +199,8 @@ def main(argv=None) -> dict:
         print_table(res)
         results.append(res)
     failures = [f for r in results for f in r["failures"]]
-    summary = {"bench": "recovery", "families": results, "settings": args.set, "failures": failures,
+    summary = {"bench": "recovery", "families": results, "settings": args.set,
+               "seeds_per_run": args.seeds_per_run, "failures": failures,
                "ok": bool(results) and not failures}
     print(json.dumps(summary))
     return summary

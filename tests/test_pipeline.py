@@ -226,3 +226,24 @@ def test_train_workers_and_progress_from_log(tmp_path, monkeypatch):
     assert last_step(log) == 0
     log.write_text('{"step": 0}\n{"step": 1}\n{"step": 2')  # a partly written last line is skipped
     assert last_step(log) == 2
+
+
+def test_same_config_gives_the_same_report(tiny_run, tmp_path):
+    """Every stage after training recomputed from scratch (diff, grounding, categories, shift with its bootstrap and
+    permutations, controls, examples, quality, causal, link, report) gives report.json identical apart from
+    timestamps, timings and paths; training itself is resumed bit-exactly (tests/test_train.py)."""
+    import shutil
+
+    from lm_diff.dev.compare_reports import compare
+
+    out, _ = tiny_run
+    run(load_config("tiny"), out)  # cached; earlier tests ran other configs into this folder
+    copy = tmp_path / "again"
+    shutil.copytree(out, copy)
+    for d in (copy / "stages").iterdir():
+        if d.name.rsplit("-", 1)[0] not in ("eval", "capture", "train"):
+            shutil.rmtree(d)
+    (copy / "report.json").unlink()
+    run(load_config("tiny"), copy)
+    diffs, _ = compare(json.loads((out / "report.json").read_text()), json.loads((copy / "report.json").read_text()))
+    assert diffs == []

@@ -1,0 +1,115 @@
+"""Candidate headline statistics for the category shift, side by side on one finished run (issue 15, item 3).
+
+Reads a run folder's diff and grounding stages (every crosscoder seed) and prints, per category, the pooled cluster
+permutation test (``categorize.shift.pooled_category_shift``) with three ways of labelling latents:
+
+- ``hard``: the grounding stage's assignments (the pipeline's default; a latent may carry several categories);
+- ``soft``: every latent weighted by its evidence, π_c ∝ max(0, 2·AUROC_rest − 1) where AUROC vs neutral ≥ 0.5;
+- ``top1``: the single best category with AUROC vs neutral and vs the rest both > 0.6;
+
+and a fourth statistic that labels nothing: ``affinity``, a Mann–Whitney test of S against T on each latent's AUROC
+of category prompts vs the other categories' prompts (latents as units, seeds pooled without clustering, so its p is
+optimistic). Prints one JSON object on its last line.
+
+    python benchmarks/bench_statistics.py RUN_DIR [--permutations 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lm_diff.categorize.shift import pooled_category_shift  # noqa: E402
+from lm_diff.categorize.taxonomy import get_taxonomy  # noqa: E402
+from lm_diff.config import StatsConfig  # noqa: E402
+from lm_diff.crosscoder.model import CrossCoder  # noqa: E402
+from lm_diff.diff.controls import seed_clusters  # noqa: E402
+
+
+def seed_stages(run: Path) -> list[tuple[int, Path, Path, Path]]:
+    """(seed, diff stage, grounding stage, crosscoder folder) for every grounded A-B crosscoder in the run."""
+    out = []
+    for g in sorted((run / "stages").glob("grounding-*")):
+        diff = run / "stages" / json.loads((g / "KEY.json").read_text())["diff"]
+        key = json.loads((diff / "KEY.json").read_text())
+        if key.get("name", "AB") != "AB":
+            continue
+        out.append((int(key["seed"]), diff, g, run / "stages" / key["crosscoder"] / "crosscoder"))
+    return sorted(out)
+
+
+def labels(g: pd.DataFrame, latents: list[int], mode: str) -> list:
+    by = {j: d for j, d in g[g["latent"].isin(latents)].groupby("latent")}
+    out: list = []
+    for j in latents:
+        d = by[j]
+        if mode == "hard":
+            got = d[d["assigned"].astype(bool)]["category"].tolist()
+            out.append(got or "unassigned")
+        elif mode == "soft":
+            w = np.clip(2 * d["auroc_rest"].to_numpy() - 1, 0, 1) * (d["auroc"].to_numpy() >= 0.5)
+            out.append({c: float(x / max(w.sum(), 1)) for c, x in zip(d["category"], w) if x > 0})
+        else:
+            d = d[(d["auroc_rest"] > 0.6) & (d["auroc"] > 0.6)]
+            out.append(d.sort_values("auroc_rest")["category"].iloc[-1] if len(d) else "unassigned")
+    return out
+
+
+def main(argv=None) -> dict:
+    from scipy.stats import mannwhitneyu  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--permutations", type=int, default=4000)
+    args = ap.parse_args(argv)
+    items = seed_stages(args.run)
+    if not items:
+        raise SystemExit(f"{args.run}: no grounded crosscoder stages (run `lm-diff run` into it first)")
+    ids = seed_clusters([CrossCoder.load(cc) for *_, cc in items], 0.7)
+    tax = get_taxonomy(None)
+    sets = []
+    for (_, diff, g, _), cid in zip(items, ids):
+        sc = pd.read_parquet(diff / "scaling.parquet")
+        pick = lambda d: sorted(int(j) for j in sc[(sc["direction"] == d) & sc["specific"].astype(bool)  # noqa: E731
+                                                   & (sc["role"] != "baseline")]["latent"].unique())
+        sets.append((pd.read_parquet(g / "grounding.parquet"), pick("B"), pick("A"), cid))
+    result: dict = {"run": str(args.run), "seeds": [s for s, *_ in items], "statistics": {}}
+    for mode in ("hard", "soft", "top1"):
+        per_seed = [(labels(g, S, mode), labels(g, T, mode)) for g, S, T, _ in sets]
+        clusters = [(cid[S], cid[T]) for _, S, T, cid in sets]
+        df = pooled_category_shift(per_seed, clusters, tax, StatsConfig(permutations=args.permutations))
+        result["statistics"][mode] = {r["category"]: {"share_ratio": r["share_ratio"], "p": r["p"], "q": r["q"],
+                                                      "n_S": r["n_S"], "n_T": r["n_T"]}
+                                      for r in df.to_dict("records")}
+    aff = {}
+    for c in [t.name for t in tax]:
+        xs = np.concatenate([g[(g["category"] == c) & g["latent"].isin(S)]["auroc_rest"].to_numpy() for g, S, _, _ in sets])
+        ys = np.concatenate([g[(g["category"] == c) & g["latent"].isin(T)]["auroc_rest"].to_numpy() for g, _, T, _ in sets])
+        if len(xs) and len(ys):
+            aff[c] = {"mean_S": float(xs.mean()), "mean_T": float(ys.mean()), "p": float(mannwhitneyu(xs, ys).pvalue)}
+    result["statistics"]["affinity"] = aff
+    cats = [t.name for t in tax]
+    print(f"{'category':22s}" + "".join(f" {m + ' ratio':>12s} {m + ' q':>9s}" for m in ("hard", "soft", "top1"))
+          + f" {'affinity p':>11s}")
+    for c in cats:
+        row = f"{c:22s}"
+        for m in ("hard", "soft", "top1"):
+            r = result["statistics"][m].get(c, {})
+            ratio = r.get("share_ratio")
+            row += f" {('∞' if ratio == float('inf') else f'{100 * ratio:+.0f}%') if ratio is not None and ratio == ratio else '—':>12s}"
+            row += f" {r.get('q', float('nan')):9.4f}"
+        row += f" {aff.get(c, {}).get('p', float('nan')):11.2e}"
+        print(row)
+    print(json.dumps(result, default=float))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -34,7 +34,8 @@ def _report(finetuned="organisms://demo/finetuned", q_safety=0.01):
         "categories": [
             _category("safety", 1,
                       {"share_ratio": 1.4279, "ci_low": 0.2259, "ci_high": 4.5312, "q_value": q_safety,
-                       "q_linked": 0.0099, "n_S": 42.0, "n_T": 21.0, "insufficient": False},
+                       "q_linked": 0.0099, "n_S": 42.0, "n_T": 21.0, "insufficient": False, "mds_up": 2.36,
+                       "mds_down": None},
                       {"delta": 100.0, "ci_low": 100.0, "ci_high": 100.0},
                       agreement=True, seed_signs={"n": 3, "positive": 3, "negative": 0},
                       causal={"fraction": 0.875, "random_fraction": 0.0}),
@@ -78,14 +79,14 @@ def _run(tmp_path, name="demo", **kw):
 def test_categories_table_matches_hand_formatted_rows(tmp_path):
     table = figures.table_categories([figures.load_run(_run(tmp_path))])
     assert table.splitlines() == [
-        "| category | planted | share ratio [CI] | q (all) | q linked | n_S / n_T | seeds | Δscore [CI] | sign "
-        "| causal: gap closed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        "| safety | + | +143 % [+23 %, +453 %] | 0.01 | 0.0099 | 42 / 21 | 3/3 + | +100.0 [+100.0, +100.0] | agree "
-        "| 88 % (random 0 %) |",
-        "| code | - | -64 % (insufficient) | 0.2 | – | 3 / 1 | 1 + / 2 - of 3 | -87.5 [-93.8, -80.0] | – "
+        "| category | planted | share ratio [CI] | q (all) | q linked | detectable ↑ / ↓ | n_S / n_T | seeds "
+        "| Δscore [CI] | sign | causal: gap closed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| safety | + | +143 % [+23 %, +453 %] | 0.01 | 0.0099 | +236 % / none | 42 / 21 | 3/3 + "
+        "| +100.0 [+100.0, +100.0] | agree | 88 % (random 0 %) |",
+        "| code | - | -64 % (insufficient) | 0.2 | – | – | 3 / 1 | 1 + / 2 - of 3 | -87.5 [-93.8, -80.0] | – "
         "| 0 % (random 0 %) |",
-        "| math | 0 | – | – | – | – | – | – | – | – |",
+        "| math | 0 | – | – | – | – | – | – | – | – | – |",
     ]
 
 

@@ -167,7 +167,7 @@ def category_shift(
     sd = permutation_sd(w, np.concatenate([piS, piT], axis=0))
     mds = [min_detectable_ratio(p0, N_S, N_T, x, (1 - conf) / n_cat, power)
            for p0, x in zip((nS + nT) / max(N_S + N_T, 1), sd)]
-    df["mds_up"] = [np.nan if a is None else a for a, _ in mds]
+    df["mds_up"] = [np.nan if a is None or np.isinf(a) else a for a, _ in mds]
     df["mds_down"] = [np.nan if b is None else b for _, b in mds]
     rng = np.random.default_rng(seed)
     if mass_S is not None or mass_T is not None:
@@ -297,7 +297,7 @@ def pooled_category_shift(
     n_cat = max(int(is_cat.sum()), 1)
     mds = [min_detectable_ratio(p0, N_S, N_T, sd, (1 - conf) / n_cat, power)
            for p0, sd in zip((nS_exact + nT_exact) / max(N_S + N_T, 1), res["null_sd"])]
-    df["mds_up"] = [np.nan if a is None else a for a, _ in mds]
+    df["mds_up"] = [np.nan if a is None or np.isinf(a) else a for a, _ in mds]
     df["mds_down"] = [np.nan if b is None else b for _, b in mds]
     if masses is not None:
         for side, sel in (("S", in_S), ("T", ~in_S)):

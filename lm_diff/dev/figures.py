@@ -179,10 +179,18 @@ def table_categories(runs: list[Run]) -> str:
         delta = _f(gap.get("delta"), "+.1f") + _ci(gap.get("ci_low"), gap.get("ci_high"), lambda v: _f(v, "+.1f"))
         agree = {True: "agree", False: "disagree"}.get(c.get("agreement"), DASH)
         rows.append([c.get("name", "?"), _sign(c.get("planted_sign")), shift, _g(ls.get("q_value")),
-                     _g(ls.get("q_linked")), counts, _seeds(c.get("seed_signs")), delta, agree,
+                     _g(ls.get("q_linked")), _mds(ls), counts, _seeds(c.get("seed_signs")), delta, agree,
                      _causal(c.get("causal"))])
-    return md_table(["category", "planted", "share ratio [CI]", "q (all)", "q linked", "n_S / n_T", "seeds",
-                     "Δscore [CI]", "sign", "causal: gap closed"], rows)
+    return md_table(["category", "planted", "share ratio [CI]", "q (all)", "q linked", "detectable ↑ / ↓", "n_S / n_T",
+                     "seeds", "Δscore [CI]", "sign", "causal: gap closed"], rows)
+
+
+def _mds(ls: dict) -> str:
+    """The minimum detectable share ratio up / down (docs/method.md#minimum-detectable-shift); "none" = undetectable."""
+    if "mds_up" not in ls and "mds_down" not in ls:
+        return DASH
+    up, down = _num(ls.get("mds_up")), _num(ls.get("mds_down"))
+    return f"{'none' if up is None else _pct(up)} / {'none' if down is None else _pct(down)}"
 
 
 def table_tasks(runs: list[Run]) -> str:

@@ -166,3 +166,30 @@ class _TopKEncode(torch.autograd.Function):
             grad_x = _mm(dpre, W.t(), ctx.dt) if ctx.needs_input_grad[0] else None
             grad_W = _mm(x.t(), dpre, ctx.dt) if ctx.needs_input_grad[1] else None
         return (grad_x, grad_W, grad_b) + none[1:]
+
+
+class _ReluEncode(torch.autograd.Function):
+    """f = relu(x W + b) (the L1 encoder) with the GEMMs under :class:`_gemm`, the ReLU in place on the GEMM output and
+    its backward masking dL/df in place (no extra B×L buffers)."""
+
+    @staticmethod
+    def forward(ctx, x, W, b, dt=None):
+        with _gemm():
+            f = _affine(b, x, W, dt)
+        with _serial():
+            f.relu_()
+        ctx.dt = dt
+        ctx.save_for_backward(x, W, f)
+        return f
+
+    @staticmethod
+    def backward(ctx, grad_f):
+        x, W, f = ctx.saved_tensors
+        with _serial():
+            reuse = grad_f.is_contiguous() and grad_f._base is None and grad_f.shape == f.shape
+            dpre = grad_f.masked_fill_(f <= 0, 0.0) if reuse else grad_f.masked_fill(f <= 0, 0.0)
+            grad_b = dpre.sum(0) if ctx.needs_input_grad[2] else None
+        with _gemm():
+            grad_x = _mm(dpre, W.t(), ctx.dt) if ctx.needs_input_grad[0] else None
+            grad_W = _mm(x.t(), dpre, ctx.dt) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_W, grad_b, None

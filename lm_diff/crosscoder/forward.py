@@ -39,13 +39,10 @@ def train_forward(cc, x_BMD: torch.Tensor, k: Optional[int] = None, dist: DistCt
         k_aux = k_aux if dead_L is not None else 0
         density = (kk + k_aux) / L
         if use_sparse(getattr(cc, "kernel", "auto"), x_BMD.device, dt, density):
-            vals, aux_vals = SparseTopKEncode.apply(x2, W_enc, cc.b_enc_L, s, n, dist, info, keep_pre, dead_L,
-                                                    k_aux)
-            code = info["code"]
-            xhat = SparseDecode.apply(vals, W_dec, cc.b_dec_MD.reshape(-1), code)
-            pre = info["pre"]
-            f = torch.zeros(B, L, dtype=vals.dtype, device=vals.device)   # the dense code, for callers only
-            f.view(-1).index_copy_(0, code.idx, vals.detach())
+            vals, aux_vals = SparseTopKEncode.apply(x2, W_enc, cc.b_enc_L, s, n, dist, info, dead_L, k_aux,
+                                                    cc._scratch)
+            xhat = SparseDecode.apply(vals, W_dec, cc.b_dec_MD.reshape(-1), info["code"])
+            pre, f = None, info.pop("f_dense")   # the aux entries are already selected: no pre to keep
             info.update(sparse=True, vals=vals, aux_vals=aux_vals)
         else:
             f, pre = _TopKEncode.apply(x2, W_enc, cc.b_enc_L, s, n, dist, info, keep_pre, dt)

@@ -120,6 +120,7 @@ class CrossCoder(nn.Module):
         self.kernel = "auto"
         """BatchTopK training kernels: ``auto`` (sparse on the CPU in fp32 when the code is sparse enough, see
         ``crosscoder/sparse.py``), ``sparse`` or ``dense``. A runtime setting, not saved; results agree to rounding."""
+        self._scratch: dict[str, torch.Tensor] = {}   # B×L work buffers the sparse kernels reuse across steps
         self.project_()
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -324,8 +325,8 @@ class CrossCoder(nn.Module):
     ) -> dict[str, Any]:
         """Training forward on normalised inputs (this rank's rows). BatchTopK selects over the global batch.
 
-        Returns ``pre`` (pre-activations, needed by the dense :meth:`aux_loss`; with ``keep_pre=False`` None, which
-        saves one B×L buffer), ``f`` (with grad on the dense path), ``xhat`` [B, M, D], ``thr`` (selection threshold
+        Returns ``pre`` (pre-activations, needed by the dense :meth:`aux_loss`; None with ``keep_pre=False``, which
+        saves one B×L buffer, and on the sparse path), ``f`` (with grad on the dense path), ``xhat`` [B, M, D], ``thr`` (selection threshold
         on z·s, a 0-d tensor; -1 for L1), ``s`` (code norms; with grad for L1 only, where the sparsity loss needs it),
         and for BatchTopK ``sel`` (this rank's selected entries as ascending flat indices into [B, L]),
         ``topk_candidates`` (global number of candidates of the exact top-k; 0 = flat top-k over every score) and

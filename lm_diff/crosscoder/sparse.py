@@ -89,11 +89,6 @@ def col_sum(rows: torch.Tensor, order: torch.Tensor, ccol: torch.Tensor, vals: t
                            per_sample_weights=vals.index_select(0, order))
 
 
-def sampled_dot(code: Code, G_BK: torch.Tensor, W_LK: torch.Tensor) -> torch.Tensor:
-    """G_BK[b] · W_LK[j] at every entry (b, j) of ``code``, in the code's order."""
-    return torch.sparse.sampled_addmm(code.pattern(G_BK.dtype), G_BK, W_LK.t(), beta=0.0).values()
-
-
 class SparseDecode(torch.autograd.Function):
     """x̂ = f W + b for a sparse code f (values ``vals`` on ``code``); ``b`` may be None (the auxiliary decode)."""
 
@@ -113,11 +108,13 @@ class SparseDecode(torch.autograd.Function):
         code = ctx.code
         grad_v = grad_W = grad_b = None
         g = g.contiguous()
+        with _serial():
+            pattern = code.pattern(g.dtype) if ctx.needs_input_grad[0] else None
+            order, ccol = code.csc()
         with _gemm():
             if ctx.needs_input_grad[0]:
-                grad_v = sampled_dot(code, g, W)
+                grad_v = torch.sparse.sampled_addmm(pattern, g, W.t(), beta=0.0).values()
             if ctx.needs_input_grad[1]:
-                order, ccol = code.csc()
                 grad_W = col_sum(code.rows, order, ccol, vals, g)
         if ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
@@ -127,12 +124,13 @@ class SparseDecode(torch.autograd.Function):
 class SparseTopKEncode(torch.autograd.Function):
     """pre = x W + b (dense GEMM), the BatchTopK selection, and (with ``k_aux`` > 0) the per-row top-k_aux of the dead
     latents. Outputs ``(vals, aux_vals)``: pre at the selected entries and relu(pre) at the auxiliary ones (both with
-    gradient; ``info`` receives ``sel``, ``code``, ``aux_code``, ``thr``, ``topk_candidates`` and, with
-    ``keep_pre``, the detached ``pre``). The backward is one sparse pass over both entry sets (all have pre > 0, so
-    d vals / d pre = 1 there)."""
+    gradient; ``info`` receives ``sel``, ``code``, ``aux_code``, ``thr``, ``topk_candidates`` and ``f_dense``, the
+    code as a detached dense [B, L] tensor built in the memory of ``pre``, which is not kept). The backward is one
+    sparse pass over both entry sets (all have pre > 0, so d vals / d pre = 1 there). ``scratch`` (a dict kept by
+    the caller across steps) holds the auxiliary selection's B×L score buffer."""
 
     @staticmethod
-    def forward(ctx, x, W, b, s, n, dist, info, keep_pre, dead_L, k_aux):
+    def forward(ctx, x, W, b, s, n, dist, info, dead_L, k_aux, scratch):
         B, L = x.shape[0], W.shape[1]
         with _gemm():
             pre = _affine(b, x, W, None)
@@ -142,10 +140,14 @@ class SparseTopKEncode(torch.autograd.Function):
             vals = pre.view(-1).index_select(0, sel)
             aux_code, aux_vals = None, None
             if k_aux > 0 and dead_L is not None:
-                aux_code = Code(aux_select(pre, s, dead_L, k_aux), B, L)
+                buf = scratch.get("aux_scores")
+                if buf is None or buf.shape != pre.shape or buf.device != pre.device:
+                    buf = scratch["aux_scores"] = torch.empty_like(pre)
+                aux_code = Code(aux_select(pre, s, dead_L, k_aux, buf), B, L)
                 aux_vals = pre.view(-1).index_select(0, aux_code.idx)
-        info.update(thr=thr, topk_candidates=n_cand, sel=sel, code=code, aux_code=aux_code,
-                    pre=pre if keep_pre else None)
+            f = pre.zero_()
+            f.view(-1).index_copy_(0, sel, vals)
+        info.update(thr=thr, topk_candidates=n_cand, sel=sel, code=code, aux_code=aux_code, f_dense=f)
         ctx.code, ctx.aux_code = code, aux_code
         ctx.save_for_backward(x, W)
         ctx.set_materialize_grads(False)
@@ -172,29 +174,35 @@ class SparseTopKEncode(torch.autograd.Function):
                 order, ccol = col_order(cols, L)
                 crow = None
             grad_b = d.new_zeros(L).index_add_(0, cols, d) if ctx.needs_input_grad[2] else None
+            if ctx.needs_input_grad[0] and crow is None:   # row order of the union: sort by row
+                r_order, crow = col_order(rows, x.shape[0])
+                cols, d = cols.index_select(0, r_order), d.index_select(0, r_order)
+        grad_W = grad_x = None
         with _gemm():
-            grad_W = col_sum(rows, order, ccol, d, x).t() if ctx.needs_input_grad[1] else None
-            grad_x = None
+            if ctx.needs_input_grad[1]:
+                grad_W_LK = col_sum(rows, order, ccol, d, x)
             if ctx.needs_input_grad[0]:
-                if crow is None:   # row order of the union: sort by row
-                    r_order, crow = col_order(rows, x.shape[0])
-                    cols, d = cols.index_select(0, r_order), d.index_select(0, r_order)
                 grad_x = row_sum(cols, crow, d, W.t().contiguous())
+        if ctx.needs_input_grad[1]:
+            with _serial():
+                grad_W = grad_W_LK.t().contiguous()   # the parameter's [K, L] layout
         return (grad_x, grad_W, grad_b) + none
 
 
-def aux_select(pre_BL: torch.Tensor, s_L: torch.Tensor, dead_L: torch.Tensor, k_aux: int) -> torch.Tensor:
+def aux_select(pre_BL: torch.Tensor, s_L: torch.Tensor, dead_L: torch.Tensor, k_aux: int,
+               out_BL: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per row, the top-``k_aux`` dead latents by relu(pre)·s (ties broken arbitrarily), among those with a positive
     score: ascending flat indices into [B, L].
 
     Two-stage, like :func:`topn_select`: a per-row lower bound t_b from a strided sample of the row's scores (rank with
     a ~4σ margin), the candidates {score ≥ t_b} by one comparison pass, then an exact top-k_aux over each row's ~1.5·k_aux
     candidates. A row whose sample overestimated (fewer than k_aux candidates above a positive bound) sends the whole
-    selection to the full per-row top-k: the result never depends on the sample, only the speed.
+    selection to the full per-row top-k: the result never depends on the sample, only the speed. ``out_BL``: a buffer
+    for the scores (overwritten).
     """
     with torch.no_grad():
         B, L = pre_BL.shape
-        sc = torch.relu(pre_BL).mul_(s_L * dead_L.to(s_L.dtype))
+        sc = torch.clamp_min(pre_BL, 0.0, out=out_BL).mul_(s_L * dead_L.to(s_L.dtype))
         stride = 8 if L >= 512 else 1
         r_s = -(-L // stride)
         mu = k_aux * r_s / L

@@ -107,7 +107,8 @@ def test_a_few_adam_steps_agree_between_paths():
 def test_l1_kernel_matches_plain_autograd():
     cc, x = _cc("l1"), _x()
     out = cc.train_forward(x)
-    (cc.recon_loss(x, out["xhat"], B) + 0.1 * cc.sparsity_loss(out["f"], out["s"], B)).backward()
+    assert float(out["sparsity"].detach()) == pytest.approx(float(cc.sparsity_loss(out["f"], out["s"], B).detach()), rel=1e-6)
+    (cc.recon_loss(x, out["xhat"], B) + 0.1 * out["sparsity"]).backward()
     fast = {n: p.grad.clone() for n, p in cc.named_parameters()}
     cc.zero_grad(set_to_none=True)
     f = torch.relu(cc.pre_acts(x))

@@ -28,8 +28,8 @@ def train_forward(cc, x_BMD: torch.Tensor, k: Optional[int] = None, dist: DistCt
     dt = cc.gemm_dtype
     if cc.arch == "l1":
         s = cc.code_norm_L()
-        f = _ReluEncode.apply(x2, W_enc, cc.b_enc_L, dt)
-        pre = f
+        f, info["sparsity"] = _ReluEncode.apply(x2, W_enc, cc.b_enc_L, s, 1.0 / (B * dist.world), dt)
+        pre = None
         xhat = _Decode.apply(f, W_dec, cc.b_dec_MD.reshape(-1), dt)
     else:
         with torch.no_grad():

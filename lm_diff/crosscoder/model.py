@@ -330,7 +330,8 @@ class CrossCoder(nn.Module):
         on z·s, a 0-d tensor; -1 for L1), ``s`` (code norms; with grad for L1 only, where the sparsity loss needs it),
         and for BatchTopK ``sel`` (this rank's selected entries as ascending flat indices into [B, L]),
         ``topk_candidates`` (global number of candidates of the exact top-k; 0 = flat top-k over every score) and
-        ``sparse`` (which kernels ran, see :attr:`kernel`). The sparse path selects the auxiliary loss's entries in
+        ``sparse`` (which kernels ran, see :attr:`kernel`); for L1 ``sparsity`` (= :meth:`sparsity_loss` of f and s
+        over a global batch of B·world rows, with gradient). The sparse path selects the auxiliary loss's entries in
         the same forward: pass ``dead_L`` and ``k_aux`` here when :meth:`aux_loss` follows.
         """
         return _forward.train_forward(self, x_BMD, k, dist, keep_pre, dead_L, k_aux)

@@ -312,7 +312,7 @@ def _step(cc: CrossCoder, opt, params, x, step: int, since_fired, cfg: Crosscode
                 extra = cc.aux_loss(x, out, dead, k_aux, dist)
             loss = recon + cfg.aux_alpha * extra
         else:
-            extra = cc.sparsity_loss(out["f"], out["s"], B)
+            extra = out["sparsity"]   # = cc.sparsity_loss(f, s, B), computed inside the L1 encoder kernel
             loss = recon + cfg.l1_coefficient * extra
         _finite_or_stop(loss.detach(), dist, f"{where}: non-finite loss at step {step}")
         opt.zero_grad(set_to_none=True)   # backward then writes fresh gradients (no fill, no accumulate)

@@ -10,7 +10,8 @@ Architectures
 - ``batchtopk`` (Minder et al. 2025): training keeps the top k·B entries of z_{b,j}·s_j over the whole batch, with
   s_j = Σ_m ‖d_j^m‖ (code normalisation ``CROSSCODER``). Training selects with :func:`topn_select` (a sampled lower
   bound, one comparison pass, an exact top-(k·B) over the ~1.3·k·B survivors; exact whatever the sample says) inside
-  :class:`_TopKEncode`, whose backward scatters dL/df at the selected entries only. :func:`batch_topk_threshold`
+  the training kernels (``forward.py``: the dense ``kernels.py`` or, on a sparse enough code, ``sparse.py``, which
+  decodes and back-propagates on the selected entries only). :func:`batch_topk_threshold`
   (exact two-stage per-row top-r, then global top-k, with a checked fallback) serves ``encode``. Inference uses f = z·1[z·s > θ] with θ an EMA (β = 0.999) of the per-batch
   smallest selected z·s, tracked from ``threshold_start_step`` on. Before θ exists (θ < 0) ``encode`` falls back to
   batch top-k over the batch it is given.
@@ -34,9 +35,9 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from lm_diff.crosscoder import forward as _forward
 from lm_diff.crosscoder.dist import LOCAL, DistCtx
 from lm_diff.crosscoder.files import load_weights, read_config
-from lm_diff.crosscoder import forward as _forward
 from lm_diff.crosscoder.kernels import train_threads
 from lm_diff.crosscoder.topk import _sample_stride, batch_topk_threshold, topn_select
 from lm_diff.errors import UserError

@@ -20,6 +20,7 @@ import yaml
 
 from lm_diff import console
 from lm_diff.bench.evaluate import reused_runs, run_configured
+from lm_diff.bench.render import format_of
 from lm_diff.bench.suites import bench_task_manager, task_categories, task_prompts
 from lm_diff.capture.activations import capture
 from lm_diff.capture.corpus import read_source
@@ -60,6 +61,7 @@ __all__ = ["run", "Stages", "STAGES", "OutputLock", "capture_key", "capture_docs
 def eval_stage(cfg: RunConfig, pair: Pair, stages: Stages) -> dict[str, Path]:
     b = cfg.benchmarks
     bench_key = {k: getattr(b, k) for k in ("tasks", "limit", "num_fewshot", "apply_chat_template", "include_path")}
+    bench_key.update(format_of(b).key())  # fewshot_as_multiturn / system prompt, when not lm-eval's defaults
     if (b.model, b.model_args, b.confirm_run_unsafe_code) != ("hf", None, False):
         bench_key.update(model=b.model, model_args=b.model_args, confirm_run_unsafe_code=b.confirm_run_unsafe_code)
     if b.reuse:
@@ -108,8 +110,7 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
         b = cfg.benchmarks
         tm = bench_task_manager(cfg)
         cats = task_categories(b.tasks, tm, overrides=b.task_categories, taxonomy=taxonomy)
-        for row in task_prompts(b.tasks, tm, limit=b.limit, num_fewshot=b.num_fewshot,
-                                apply_chat_template=b.apply_chat_template, tokenizer=tokenizer, categories=cats):
+        for row in task_prompts(b.tasks, tm, limit=b.limit, fmt=format_of(b), tokenizer=tokenizer, categories=cats):
             docs.append({"text": row["text"], "source": f"bench:{row['task']}", "category": row.get("category"), "chat": False})
             index.append({"kind": "bench", "task": row["task"], "doc_id": row["doc_id"], "category": row.get("category")})
     grounding = grounding_prompts(cfg, taxonomy, tokenizer=tokenizer)
@@ -145,7 +146,8 @@ def capture_key(cfg: RunConfig, fingerprints: Any) -> dict:
     taxonomy = get_taxonomy(cfg)
     return {
         "models": fingerprints, "layers": cfg.layers, "capture": dataclasses.asdict(cfg.capture),
-        "bench": [cfg.benchmarks.tasks, cfg.benchmarks.limit, cfg.benchmarks.num_fewshot, cfg.benchmarks.apply_chat_template],
+        "bench": [cfg.benchmarks.tasks, cfg.benchmarks.limit, cfg.benchmarks.num_fewshot, cfg.benchmarks.apply_chat_template,
+                  *([format_of(cfg.benchmarks).key()] if format_of(cfg.benchmarks).key() else [])],
         "grounding": cfg.categories.grounding, "taxonomy": cfg.categories.taxonomy,
         "grounding_sha": hash_obj([[g["text"], g["category"]] for g in grounding_prompts(cfg, taxonomy)]),
         "categories": [c if isinstance(c, str) else c.name for c in taxonomy],

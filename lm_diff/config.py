@@ -118,12 +118,16 @@ class CategoriesConfig:
     method: Literal["grounded", "llm", "both"] = "grounded"
     """Grounded enrichment (default, no LLM), an LLM annotator, or both (with Cohen's kappa)."""
     grounding: Optional[str] = None
-    """Grounding prompts: a JSONL of {text, category} rows disjoint from the scored items, `builtin` (the real-language
-    set shipped for the default taxonomy, rendered with the model's chat template), or `organisms` (the demo organisms'
-    set). Unset: `organisms` when both models are organisms, `builtin` otherwise."""
+    """Grounding prompts: `benchmark` (the suite's items that are not scored, rendered as lm-eval scores them; neutral
+    prompts from the capture corpus's plain text), `builtin` (the real-language set shipped for the default taxonomy,
+    rendered with the model's chat template), `organisms` (the demo organisms' set), or a JSONL of {text, category}
+    rows disjoint from the scored items. Unset: `organisms` when both models are organisms, `benchmark` otherwise."""
     grounding_per_category: Optional[int] = None
     """At most this many grounding prompts per category (and for neutral), the first ones in file order (None = all):
     bounds the capture tokens the grounding set takes."""
+    benchmark_min_items: int = 20
+    """`benchmark` grounding: a category with fewer held-out benchmark items than this is grounded on the built-in
+    real-language prompts instead (the report says which)."""
     auroc_min: float = 0.75
     """Grounded assignment: minimum AUROC of category vs neutral max-activations."""
     specificity_min: float = 0.75
@@ -288,6 +292,7 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: categories.auroc_min must be in [0.5, 1], got {k.auroc_min}")
     if k.grounding_per_category is not None:
         _positive(where, "categories.grounding_per_category", k.grounding_per_category)
+    _positive(where, "categories.benchmark_min_items", k.benchmark_min_items)
     if not 0.5 <= k.specificity_min <= 1:
         raise ConfigError(f"{where}: categories.specificity_min must be in [0.5, 1] (0.5 = off), got {k.specificity_min}")
     if not 0 < k.q < 1:

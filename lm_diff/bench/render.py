@@ -10,11 +10,11 @@ document order (capture, benchmark-derived grounding), so the captured text of a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from lm_diff.errors import UserError
 
-__all__ = ["PromptFormat", "format_of", "chat_template_fn", "prepare_task", "render_items"]
+__all__ = ["PromptFormat", "format_of", "chat_template_fn", "prepare_task", "render_docs", "render_items"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,18 @@ def prepare_task(task: Any, fmt: PromptFormat) -> None:
     task.set_fewshot_seed(seed=fmt.fewshot_seed)
 
 
+def render_docs(task: Any, docs: Iterable[Any], fmt: PromptFormat, *, tokenizer: Any = None) -> Iterator[str]:
+    """Each document as ``Task.build_all_requests`` renders it (its ``fewshot_context`` call, argument for argument)."""
+    chat = chat_template_fn(tokenizer) if fmt.apply_chat_template else None
+    n_shot = task.config.num_fewshot or 0
+    for doc in docs:
+        yield task.fewshot_context(
+            doc, num_fewshot=n_shot, system_instruction=fmt.system_instruction,
+            apply_chat_template=fmt.apply_chat_template, fewshot_as_multiturn=fmt.fewshot_as_multiturn,
+            chat_template=chat, gen_prefix=task.doc_to_prefix(doc),
+        )
+
+
 def render_items(task: Any, fmt: PromptFormat, *, tokenizer: Any = None,
                  limit: Optional[int] = None) -> Iterator[tuple[int, Any, str]]:
     """``(doc_id, doc, text)`` for the task's evaluation documents, as ``Task.build_all_requests`` renders them.
@@ -95,12 +107,6 @@ def render_items(task: Any, fmt: PromptFormat, *, tokenizer: Any = None,
     """
     from lm_eval.evaluator_utils import get_sample_size  # noqa: PLC0415 - heavy; the caller has lm-eval loaded
 
-    chat = chat_template_fn(tokenizer) if fmt.apply_chat_template else None
-    n_shot = task.config.num_fewshot or 0
-    for doc_id, doc in task.doc_iterator(rank=0, limit=get_sample_size(task, limit), world_size=1):
-        text = task.fewshot_context(
-            doc, num_fewshot=n_shot, system_instruction=fmt.system_instruction,
-            apply_chat_template=fmt.apply_chat_template, fewshot_as_multiturn=fmt.fewshot_as_multiturn,
-            chat_template=chat, gen_prefix=task.doc_to_prefix(doc),
-        )
+    pairs = list(task.doc_iterator(rank=0, limit=get_sample_size(task, limit), world_size=1))
+    for (doc_id, doc), text in zip(pairs, render_docs(task, (d for _, d in pairs), fmt, tokenizer=tokenizer)):
         yield int(doc_id), doc, text

@@ -44,10 +44,10 @@ from lm_diff.models import (
 )
 from lm_diff.report.terminal import print_summary
 from lm_diff.report.writers import write_report
-from lm_diff.run.analysis import crosscoder_diffs
+from lm_diff.run.analysis import crosscoder_diffs, doc_index
 from lm_diff.run.checks import causal_stage, controls_stage, examples_stage, quality_stage
 from lm_diff.run.latents import categorize_stage, shift_stage
-from lm_diff.run.reporting import link_stage, report_stage
+from lm_diff.run.reporting import grounding_provenance, link_stage, report_stage
 from lm_diff.run.stages import STAGES, OutputLock, Stages
 
 __all__ = ["run", "Stages", "STAGES", "OutputLock", "capture_key", "capture_docs", "eval_stage", "capture_stage",
@@ -119,7 +119,7 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
                         "rows with category prompts and 'neutral' background prompts")
     for row in grounding:
         docs.append({"text": row["text"], "source": f"grounding:{row['category']}", "category": row["category"], "chat": False})
-        index.append({"kind": "grounding", "category": row["category"]})
+        index.append({"kind": "grounding", "category": row["category"], **({"source": row["source"]} if row.get("source") else {})})
     used = _count_tokens(tokenizer, [d["text"] for d in docs])
     budget = max(0, cfg.capture.max_tokens - used)
     if used >= cfg.capture.max_tokens:
@@ -280,7 +280,8 @@ def analyse(cfg: RunConfig, pair: Pair, stages: Stages, evals: dict[str, Path], 
               "doc_activations": examples_dir, "examples": examples_dir, "controls": controls_dir,
               "quality": quality_dir, **({"causal": causal_dir} if causal_dir else {})}
     link_dir = link_stage(cfg, stages, evals, inputs)
-    _, report = report_stage(cfg, stages, link_dir, inputs, organism_manifest(pair))
+    _, report = report_stage(cfg, stages, link_dir, inputs, organism_manifest(pair),
+                             grounding=grounding_provenance(doc_index(capture_dir)))
     return report
 
 

@@ -18,7 +18,7 @@ DEMO_INDEX = REPO / "lm_diff" / "data" / "diff_demo" / "index.json"
 needs_demo_data = pytest.mark.skipif(not DEMO_INDEX.exists(), reason="diff_demo data not generated yet")
 
 # Upstream task directories the diff_gemma suite references (a sub-index is ~100x faster than all of lm_eval/tasks).
-UPSTREAM_DIRS = ["ifeval", "truthfulqa", "belebele", "xnli", "mbpp", "humaneval", "gsm8k", "toxigen", "mmlu", "arc", "logiqa2"]
+UPSTREAM_DIRS = ["ifeval", "truthfulqa", "belebele", "xnli", "mbpp", "humaneval", "gsm8k", "toxigen", "mmlu/default", "arc", "logiqa2"]
 GEMMA_LEAVES = {
     "ifeval": "instruction_following",
     "truthfulqa_mc2": "hallucination",

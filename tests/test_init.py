@@ -59,3 +59,32 @@ def test_sizes_follow_width_and_budget():
     assert sizes(3584, 42, 20_000_000) == {"layer": 21, "expansion": 32, "dict_size": 114688, "k": 100,
                                            "steps": 19531, "batch_size": 2048}
     assert sizes(64, 4, 40_000)["dict_size"] == 256 and sizes(64, 4, 40_000)["steps"] == 200
+
+
+def test_readme_bring_your_own_pair_commands_exist():
+    """Every `lm-diff ...` command line of the README's "Bring your own pair" section parses with lm-diff's parser
+    (command and flags exist), and each command's --help works."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from lm_diff.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Bring your own pair", 1)[1].split("\n## ", 1)[0]
+    lines = [ln.split("#", 1)[0].strip() for ln in section.splitlines() if ln.startswith("lm-diff ")]
+    lines += re.findall(r"`(lm-diff [^`]+)`", section)
+    assert len(lines) >= 5
+    parser = build_parser()
+    commands = set()
+    for line in lines:
+        args = shlex.split(line)[1:]
+        if len(args) == 1:  # a command named in the text, e.g. `lm-diff init`
+            commands.add(args[0])
+            continue
+        commands.add(parser.parse_args(args).command)
+    assert {"init", "config", "plan", "run", "report"} <= commands
+    for cmd in commands:
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([cmd, "--help"])
+        assert exc.value.code == 0

@@ -15,7 +15,7 @@ from lm_eval.api.model import LM  # noqa: E402
 
 from lm_diff.bench import suites  # noqa: E402
 from lm_diff.bench.evaluate import find_run_files, run_lm_eval  # noqa: E402
-from lm_diff.bench.render import PromptFormat, format_of  # noqa: E402
+from lm_diff.bench.render import PromptFormat, format_of, strip_bos  # noqa: E402
 from lm_diff.config import BenchmarksConfig  # noqa: E402
 
 TASK = """\
@@ -93,6 +93,7 @@ def test_captured_prompts_equal_scored_prompts_with_chat_template_and_fewshot(se
     first = scored[0]
     assert first.count("<|user|>") == 3 and first.count("<|assistant|>") == 3  # 2 shots as turns + the question
     assert first.startswith("<bos><|system|>\nAnswer briefly.")
+    assert strip_bos(first, setup["tok"]) == first[len("<bos>"):]  # capture adds the BOS itself: not doubled
     # the single-turn rendering (what capture used before) is a different text: the test can fail
     single = suites.task_prompts(bench.tasks, tm, limit=1, tokenizer=setup["tok"],
                                  fmt=PromptFormat(num_fewshot=2, apply_chat_template=True, fewshot_as_multiturn=False,

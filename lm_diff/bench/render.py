@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from lm_diff.errors import UserError
 
-__all__ = ["PromptFormat", "format_of", "chat_template_fn", "prepare_task", "render_docs", "render_items"]
+__all__ = ["PromptFormat", "format_of", "chat_template_fn", "strip_bos", "prepare_task", "render_docs", "render_items"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,13 @@ def chat_template_fn(tokenizer: Any) -> Callable[..., str]:
             return tokenizer.apply_chat_template([m for m in history if m["role"] != "system"], **kwargs)
 
     return apply
+
+
+def strip_bos(text: str, tokenizer: Any) -> str:
+    """``text`` without a leading BOS string: capture puts the tokenizer's prefix (BOS) before every document itself, so
+    a chat template's rendered BOS would be doubled."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return text[len(bos):] if isinstance(bos, str) and bos and text.startswith(bos) else text
 
 
 def prepare_task(task: Any, fmt: PromptFormat) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator
 
-from lm_diff.bench.render import format_of, prepare_task, render_docs
+from lm_diff.bench.render import format_of, prepare_task, render_docs, strip_bos
 from lm_diff.bench.suites import bench_task_manager, task_categories
 from lm_diff.capture.corpus import read_source
 from lm_diff.categorize.builtin_grounding import builtin_prompts
@@ -57,15 +57,9 @@ def held_out_docs(task: Any, scored: int | None) -> Iterator[Any]:
             yield from getattr(task, docs)()
 
 
-def _strip_bos(text: str, tokenizer: Any) -> str:
-    """Capture puts the tokenizer's prefix (BOS) before every document; a rendered BOS would be doubled."""
-    bos = getattr(tokenizer, "bos_token", None)
-    return text[len(bos):] if isinstance(bos, str) and bos and text.startswith(bos) else text
-
-
 def _rows(texts: Iterator[str], category: str, task: str, tokenizer: Any) -> Iterator[dict]:
     for text in texts:
-        yield {"text": _strip_bos(text, tokenizer), "category": category, "source": f"benchmark:{task}"}
+        yield {"text": strip_bos(text, tokenizer), "category": category, "source": f"benchmark:{task}"}
 
 
 def _category_prompts(config: Any, taxonomy: Any, tokenizer: Any, per_category: int,

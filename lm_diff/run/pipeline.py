@@ -20,7 +20,7 @@ import yaml
 
 from lm_diff import console
 from lm_diff.bench.evaluate import reused_runs, run_configured
-from lm_diff.bench.render import format_of
+from lm_diff.bench.render import format_of, strip_bos
 from lm_diff.bench.suites import bench_task_manager, task_categories, task_prompts
 from lm_diff.capture.activations import capture
 from lm_diff.capture.corpus import read_source
@@ -111,7 +111,8 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
         tm = bench_task_manager(cfg)
         cats = task_categories(b.tasks, tm, overrides=b.task_categories, taxonomy=taxonomy)
         for row in task_prompts(b.tasks, tm, limit=b.limit, fmt=format_of(b), tokenizer=tokenizer, categories=cats):
-            docs.append({"text": row["text"], "source": f"bench:{row['task']}", "category": row.get("category"), "chat": False})
+            text = strip_bos(row["text"], tokenizer)  # the capture adds the tokenizer's BOS itself
+            docs.append({"text": text, "source": f"bench:{row['task']}", "category": row.get("category"), "chat": False})
             index.append({"kind": "bench", "task": row["task"], "doc_id": row["doc_id"], "category": row.get("category")})
     grounding = grounding_prompts(cfg, taxonomy, tokenizer=tokenizer)
     if not any(g["category"] != "neutral" for g in grounding) or not any(g["category"] == "neutral" for g in grounding):

@@ -116,6 +116,17 @@ def cmd_organisms(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    from lm_diff.run.init import init_config  # noqa: PLC0415 - imports lm-eval and transformers (see _stages)
+
+    suite = [t for part in (args.suite or []) for t in part.split(",") if t.strip()]
+    path = init_config(args.base, args.finetuned, suite=suite or None, out=args.out, tokens=args.tokens,
+                       force=args.force, trust_remote_code=args.trust_remote_code)
+    _console().print(f"[green]wrote[/green] {escape(str(path))}: check it with `lm-diff config {escape(str(path))}`, "
+                     f"size it with `lm-diff plan {escape(str(path))}`, then `lm-diff run {escape(str(path))} --out runs/NAME`")
+    return 0
+
+
 def cmd_eval(args) -> int:
     main = _stages()[1].main
     return int(main(args.lm_eval_args) or 0)
@@ -214,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(sp)
     sp.add_argument("--out", required=True, help="run directory (stages are cached and resumed here)")
     sp.add_argument("--force", action="store_true", help="recompute every stage")
+
+    sp = add("init", cmd_init, "Write a commented run config for your model pair (checked for compatibility first).")
+    sp.add_argument("base", help="base model: a local directory or a hub id")
+    sp.add_argument("finetuned", help="fine-tuned model: a local directory or a hub id")
+    sp.add_argument("--suite", action="append", metavar="TASKS",
+                    help="lm-eval tasks or groups, comma-separated or repeated (default: diff_leaderboard)")
+    sp.add_argument("--out", default=None, help="config file to write (default: lm_diff_<finetuned>.yaml)")
+    sp.add_argument("--tokens", type=int, default=20_000_000, help="capture token budget the sizes follow (default 20M)")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing config file")
+    sp.add_argument("--trust-remote-code", action="store_true", help="allow the model repos' own code to read their configs")
 
     sp = add("organisms", cmd_organisms, "Build model organisms: small model pairs with planted capability differences.")
     sp.add_argument("action", choices=["build", "path"], help="build the organisms, or print their cache path")

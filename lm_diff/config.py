@@ -14,7 +14,15 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from lm_diff.config_schema import _build, _convert, _positive, _type_name, field_docs
-from lm_diff.config_sections import CrosscoderConfig, DiffConfig, ModelsConfig, StatsConfig, check_sections
+from lm_diff.config_sections import (
+    BenchmarksConfig,
+    CrosscoderConfig,
+    DiffConfig,
+    ModelsConfig,
+    StatsConfig,
+    _check_benchmarks,
+    check_sections,
+)
 from lm_diff.errors import ConfigError
 
 # re-exported: every ``from lm_diff.config import X`` of before the split keeps working
@@ -111,12 +119,16 @@ class CategoriesConfig:
     method: Literal["grounded", "llm", "both"] = "grounded"
     """Grounded enrichment (default, no LLM), an LLM annotator, or both (with Cohen's kappa)."""
     grounding: Optional[str] = None
-    """Grounding prompts: a JSONL of {text, category} rows disjoint from the scored items, `builtin` (the real-language
-    set shipped for the default taxonomy, rendered with the model's chat template), or `organisms` (the demo organisms'
-    set). Unset: `organisms` when both models are organisms, `builtin` otherwise."""
+    """Grounding prompts: `benchmark` (the suite's items that are not scored, rendered as lm-eval scores them; neutral
+    prompts from the capture corpus's plain text), `builtin` (the real-language set shipped for the default taxonomy,
+    rendered with the model's chat template), `organisms` (the demo organisms' set), or a JSONL of {text, category}
+    rows disjoint from the scored items. Unset: `organisms` when both models are organisms, `benchmark` otherwise."""
     grounding_per_category: Optional[int] = None
     """At most this many grounding prompts per category (and for neutral), the first ones in file order (None = all):
     bounds the capture tokens the grounding set takes."""
+    benchmark_min_items: int = 20
+    """`benchmark` grounding: a category with fewer held-out benchmark items than this is grounded on the built-in
+    real-language prompts instead (the report says which)."""
     auroc_min: float = 0.75
     """Grounded assignment: minimum AUROC of category vs neutral max-activations."""
     specificity_min: float = 0.75
@@ -128,35 +140,6 @@ class CategoriesConfig:
     """Benjamini-Hochberg false discovery rate across latent x category tests."""
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     """LLM annotator settings (used when ``method`` is llm or both)."""
-
-
-@dataclass
-class BenchmarksConfig:
-    tasks: list[str] = field(default_factory=lambda: ["diff_demo"])
-    """lm-eval tasks or groups run on both models (with log_samples)."""
-    limit: Optional[int] = None
-    """Documents per task (same for both models)."""
-    num_fewshot: Optional[int] = None
-    """Few-shot examples (None = task default)."""
-    batch_size: int = 16
-    """lm-eval batch size."""
-    apply_chat_template: bool = False
-    """Apply the chat template in lm-eval (to both models or neither)."""
-    include_path: list[str] = field(default_factory=list)
-    """Extra task directories (lm_diff's own tasks are always included)."""
-    task_categories: dict[str, str] = field(default_factory=dict)
-    """Override task -> category mapping (otherwise read from each task's metadata)."""
-    model: str = "hf"
-    """lm-eval model backend (``--model``): ``hf`` (default), ``vllm``, ``hf-diff``, or any name in lm-eval's model
-    registry. For several GPUs with accelerate use ``hf`` with ``model_args: {parallelize: true}``."""
-    model_args: dict[str, Any] = field(default_factory=dict)
-    """Extra lm-eval model arguments (``--model_args``), e.g. ``{parallelize: true}`` (hf) or ``{tensor_parallel_size: 2,
-    gpu_memory_utilization: 0.8}`` (vllm). ``pretrained`` comes from ``models``; ``dtype`` defaults to ``models.dtype``."""
-    confirm_run_unsafe_code: bool = False
-    """Allow tasks marked ``unsafe_code`` (they execute model-written code, e.g. humaneval): off by default."""
-    reuse: dict[str, str] = field(default_factory=dict)
-    """Reuse existing ``lm_eval --output_path ... --log_samples`` runs instead of running lm-eval: ``{A: dir, B: dir}``
-    (base and fine-tune; both or neither)."""
 
 
 @dataclass
@@ -263,19 +246,6 @@ def packaged_configs_dir() -> Path:
 # Validation (the machinery lives in lm_diff.config_schema)
 
 
-def _check_benchmarks(b: BenchmarksConfig, where: str) -> None:
-    if not b.tasks:
-        raise ConfigError(f"{where}: benchmarks.tasks must list at least one lm-eval task or group")
-    if not b.model.strip():
-        raise ConfigError(f"{where}: benchmarks.model must name an lm-eval model backend, e.g. hf or vllm")
-    if "pretrained" in b.model_args:
-        raise ConfigError(f"{where}: benchmarks.model_args.pretrained is set from models.base/models.finetuned; "
-                          "remove it from benchmarks.model_args")
-    if b.reuse and set(b.reuse) != {"A", "B"}:
-        raise ConfigError(f"{where}: benchmarks.reuse must give both A (base) and B (fine-tune) run directories, "
-                          f"got keys {sorted(b.reuse)}")
-
-
 def _check_values(cfg: RunConfig, where: str) -> None:
     """Checks of impossible values (types were checked while building)."""
     for i, layer in enumerate(cfg.layers):
@@ -302,6 +272,7 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: categories.auroc_min must be in [0.5, 1], got {k.auroc_min}")
     if k.grounding_per_category is not None:
         _positive(where, "categories.grounding_per_category", k.grounding_per_category)
+    _positive(where, "categories.benchmark_min_items", k.benchmark_min_items)
     if not 0.5 <= k.specificity_min <= 1:
         raise ConfigError(f"{where}: categories.specificity_min must be in [0.5, 1] (0.5 = off), got {k.specificity_min}")
     if not 0 < k.q < 1:

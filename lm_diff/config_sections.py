@@ -1,4 +1,4 @@
-"""The run-config sections of the crosscoder and diff stages (models, crosscoder, diff) and their value checks.
+"""The run-config sections of the models, benchmarks, crosscoder and diff stages and their value checks.
 ``lm_diff.config`` re-exports them: ``from lm_diff.config import CrosscoderConfig`` keeps working."""
 
 from __future__ import annotations
@@ -27,6 +27,39 @@ class ModelsConfig:
     trust_remote_code: bool = False
     """Allow model repos to run their own code. Off unless you ask for it."""
 
+
+
+@dataclass
+class BenchmarksConfig:
+    tasks: list[str] = field(default_factory=lambda: ["diff_demo"])
+    """lm-eval tasks or groups run on both models (with log_samples)."""
+    limit: Optional[int] = None
+    """Documents per task (same for both models)."""
+    num_fewshot: Optional[int] = None
+    """Few-shot examples (None = task default)."""
+    batch_size: int = 16
+    """lm-eval batch size."""
+    apply_chat_template: bool = False
+    """Apply the chat template in lm-eval (to both models or neither)."""
+    fewshot_as_multiturn: bool = True
+    """With the chat template: each few-shot example its own chat turn (lm-eval's default); false = one user turn."""
+    system_instruction: Optional[str] = None
+    """System prompt before every request (lm-eval ``--system_instruction``; capture renders items the same way)."""
+    include_path: list[str] = field(default_factory=list)
+    """Extra task directories (lm_diff's own tasks are always included)."""
+    task_categories: dict[str, str] = field(default_factory=dict)
+    """Override task -> category mapping (otherwise read from each task's metadata)."""
+    model: str = "hf"
+    """lm-eval model backend (``--model``): ``hf`` (default), ``vllm``, ``hf-diff``, or any name in lm-eval's model
+    registry. For several GPUs with accelerate use ``hf`` with ``model_args: {parallelize: true}``."""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    """Extra lm-eval model arguments (``--model_args``), e.g. ``{parallelize: true}`` (hf) or ``{tensor_parallel_size: 2,
+    gpu_memory_utilization: 0.8}`` (vllm). ``pretrained`` comes from ``models``; ``dtype`` defaults to ``models.dtype``."""
+    confirm_run_unsafe_code: bool = False
+    """Allow tasks marked ``unsafe_code`` (they execute model-written code, e.g. humaneval): off by default."""
+    reuse: dict[str, str] = field(default_factory=dict)
+    """Reuse existing ``lm_eval --output_path ... --log_samples`` runs instead of running lm-eval: ``{A: dir, B: dir}``
+    (base and fine-tune; both or neither)."""
 
 
 @dataclass
@@ -123,6 +156,19 @@ class DiffConfig:
     """Activation quantiles sampled for quantile examples per selected latent (Delphi style)."""
     random_examples: int = 50
     """Random non-activating windows stored per selected latent."""
+
+
+def _check_benchmarks(b: BenchmarksConfig, where: str) -> None:
+    if not b.tasks:
+        raise ConfigError(f"{where}: benchmarks.tasks must list at least one lm-eval task or group")
+    if not b.model.strip():
+        raise ConfigError(f"{where}: benchmarks.model must name an lm-eval model backend, e.g. hf or vllm")
+    if "pretrained" in b.model_args:
+        raise ConfigError(f"{where}: benchmarks.model_args.pretrained is set from models.base/models.finetuned; "
+                          "remove it from benchmarks.model_args")
+    if b.reuse and set(b.reuse) != {"A", "B"}:
+        raise ConfigError(f"{where}: benchmarks.reuse must give both A (base) and B (fine-tune) run directories, "
+                          f"got keys {sorted(b.reuse)}")
 
 
 def check_sections(cfg: Any, where: str) -> None:

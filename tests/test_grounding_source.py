@@ -1,4 +1,4 @@
-"""Which grounding prompts a pair gets: organisms' text only for organism pairs, the real-language set otherwise."""
+"""Which grounding prompts a pair gets: organisms' text only for organism pairs, benchmark items or the real-language set otherwise."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_a_real_pair_never_gets_organism_text(tmp_path):
         d.mkdir()
         (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
     cfg = from_dict({"models": {"base": str(base), "finetuned": str(ft)}})
-    assert grounding_source(cfg) == "builtin"
+    assert grounding_source(cfg) == "benchmark"  # diff_demo items and organisms:neutral text are organism text: refused
     prompts = grounding_prompts(cfg, get_taxonomy(cfg))
     assert {p["category"] for p in prompts} >= {"safety", "multilingual", "code", "math", "neutral"}
     organism = _organism_texts()
@@ -36,12 +36,12 @@ def test_a_real_pair_never_gets_organism_text(tmp_path):
     assert not any("<|user|>" in p["text"] or "<|end|>" in p["text"] for p in prompts)
     # a hub id is a real pair too
     hub = from_dict({"models": {"base": "google/gemma-2-2b", "finetuned": "google/gemma-2-2b-it"}})
-    assert grounding_source(hub) == "builtin"
+    assert grounding_source(hub) == "benchmark"
 
 
 def test_one_organism_and_one_real_model_is_not_an_organism_pair(tmp_path):
     cfg = from_dict({"models": {"base": "organisms://tiny/base", "finetuned": str(tmp_path)}})
-    assert grounding_source(cfg) == "builtin"
+    assert grounding_source(cfg) == "benchmark"
     assert is_organism_spec("organisms://demo/base") and not is_organism_spec(str(tmp_path))
 
 

@@ -247,3 +247,34 @@ def test_same_config_gives_the_same_report(tiny_run, tmp_path):
     run(load_config("tiny"), copy)
     diffs, _ = compare(json.loads((out / "report.json").read_text()), json.loads((copy / "report.json").read_text()))
     assert diffs == []
+
+
+def test_benchmark_grounding_gives_the_planted_verdicts_of_the_grounding_file(tiny_run, tiny_organisms, tmp_path):
+    """categories.grounding: benchmark (the suite's 40 held-out items per task, rendered as scored; neutral prompts
+    from the corpus's plain text) recovers the same planted verdicts as the organisms' grounding file: multilingual
+    and code significant with the planted sign, every planted category's ratio with its sign, no unplanted category
+    significant. Controls that do not touch the verdicts (identity crosscoder, causal ablation) are off."""
+    _, report = tiny_run
+    planted = json.loads((tiny_organisms / "organism.json").read_text())["planted"]
+    cfg = load_config("tiny", overrides={"categories.grounding": "benchmark", "benchmarks.limit": 40,
+                                         "controls.identity": False, "controls.causal": False})
+    bench = run(cfg, tmp_path / "bench")
+    assert (bench["run"]["grounding"]["code"]["source"], bench["run"]["grounding"]["neutral"]["source"]) == \
+        ("benchmark", "corpus")
+
+    def verdicts(rep: dict) -> dict:
+        """Per planted-file category: the sign of the share ratio (planted ones) or whether q < 0.05 (unplanted)."""
+        out = {}
+        for c in rep["categories"]:
+            ls, name = c["latent_shift"], c["name"]
+            if not ls or name not in planted:
+                continue
+            ratio = ls["share_ratio"] if ls["share_ratio"] is not None else (math.inf if ls["n_S"] else -1.0)
+            out[name] = (ratio > 0) if planted[name] else (ls["q_value"] is not None and ls["q_value"] < 0.05)
+        return out
+
+    expected = {c: (s > 0) if s else False for c, s in planted.items()}
+    assert verdicts(report) == expected  # today's grounding file
+    assert verdicts(bench) == expected
+    shifts = {c["name"]: c["latent_shift"] for c in bench["categories"] if c["latent_shift"]}
+    assert shifts["multilingual"]["ci_low"] > 0 and shifts["code"]["ci_high"] < 0, shifts

@@ -18,7 +18,7 @@ DEMO_INDEX = REPO / "lm_diff" / "data" / "diff_demo" / "index.json"
 needs_demo_data = pytest.mark.skipif(not DEMO_INDEX.exists(), reason="diff_demo data not generated yet")
 
 # Upstream task directories the diff_gemma suite references (a sub-index is ~100x faster than all of lm_eval/tasks).
-UPSTREAM_DIRS = ["ifeval", "truthfulqa", "belebele", "xnli", "mbpp", "humaneval", "gsm8k", "toxigen"]
+UPSTREAM_DIRS = ["ifeval", "truthfulqa", "belebele", "xnli", "mbpp", "humaneval", "gsm8k", "toxigen", "mmlu/default", "arc", "logiqa2"]
 GEMMA_LEAVES = {
     "ifeval": "instruction_following",
     "truthfulqa_mc2": "hallucination",
@@ -27,6 +27,17 @@ GEMMA_LEAVES = {
     "gsm8k": "math",
     "toxigen": "safety",
     "diff_gemma_self_reference_identity": "self_reference",
+    "mmlu_abstract_algebra": "knowledge",
+    "arc_challenge": "reasoning",
+    "logiqa2": "reasoning",
+}
+LEADERBOARD_LEAVES = {
+    "leaderboard_mmlu_pro": "knowledge",
+    "leaderboard_gpqa_diamond": "knowledge",
+    "leaderboard_bbh_navigate": "reasoning",
+    "leaderboard_musr_murder_mysteries": "reasoning",
+    "leaderboard_math_algebra_hard": "math",
+    "leaderboard_ifeval": "instruction_following",
 }
 
 
@@ -225,7 +236,7 @@ def test_diff_gemma_structure_resolves_offline():
     top = idx["diff_gemma"].cfg
     assert top["task"] == [f"diff_gemma_{c}" for c in
                            ["instruction_following", "hallucination", "multilingual", "code", "math", "safety",
-                            "self_reference"]]
+                            "self_reference", "knowledge", "reasoning"]]
     taxonomy = _taxonomy_names()
     for sub in top["task"]:
         cfg = idx[sub].cfg
@@ -236,7 +247,28 @@ def test_diff_gemma_structure_resolves_offline():
     for leaf, cat in GEMMA_LEAVES.items():
         assert cats[leaf] == cat
     assert {c for t, c in cats.items() if t.startswith(("belebele_", "xnli_"))} == {"multilingual"}
-    assert len(cats) == 7 + 10
+    assert {c for t, c in cats.items() if t.startswith("mmlu_")} == {"knowledge"}
+    assert len(cats) == 7 + 10 + 57 + 2
+
+
+def test_diff_leaderboard_maps_every_leaderboard_v2_task_offline():
+    """Each Open LLM Leaderboard v2 task is in exactly one category group, and every leaf of lm-eval's own
+    ``leaderboard`` group gets a category (resolution only: the task index, no dataset is built)."""
+    tm = suites.task_manager(extra=[_lm_eval_tasks() / "leaderboard"])
+    idx = tm.task_index
+    top = idx["diff_leaderboard"].cfg["task"]
+    assert top == [f"diff_leaderboard_{c}" for c in ["knowledge", "reasoning", "math", "instruction_following"]]
+    listed = [t for sub in top for t in idx[sub].cfg["task"]]
+    assert sorted(listed) == sorted(idx["leaderboard"].cfg["task"])  # the six v2 tasks, each once
+    cats = suites.task_categories(["diff_leaderboard"], tm)
+    for leaf, cat in LEADERBOARD_LEAVES.items():
+        assert cats[leaf] == cat
+    assert set(cats) == set(suites.task_categories(["leaderboard"], tm, overrides={t: "knowledge" for t in cats}))
+    assert set(cats.values()) <= _taxonomy_names()
+    for f in (REPO / "tasks" / "diff_leaderboard").glob("*.yaml"):  # YAML only: no code, no data paths
+        text = f.read_text()
+        assert "!function" not in text and "data_file" not in text, f
+        assert "# Why:" in text or f.stem == "diff_leaderboard", f
 
 
 def test_diff_gemma_self_reference_task_builds():

@@ -32,6 +32,7 @@ from lm_eval.evaluator import simple_evaluate
 from lm_eval.utils import handle_non_serializable, hash_string, sanitize_list
 
 from lm_diff.bench import suites
+from lm_diff.bench.render import PromptFormat
 from lm_diff.errors import UserError
 from lm_diff.io import atomic_dir
 
@@ -149,6 +150,8 @@ def run_lm_eval(
     env_info: bool = True,
     backend: str = "hf",
     model_args: Optional[Mapping[str, Any]] = None,
+    fewshot_as_multiturn: bool = True,
+    system_instruction: Optional[str] = None,
 ) -> Path:
     """Evaluate ``pretrained`` (a local model directory or hub id) on ``tasks`` and write the run into ``out_dir``.
 
@@ -157,8 +160,13 @@ def run_lm_eval(
     (then ``pretrained``/``device``/``dtype`` only label the run). ``env_info=False`` skips lm-eval's environment
     report (``pip list``, ``git`` and torch's collect_env in subprocesses, ~0.3 s a call) for internal re-scoring runs
     such as the causal check. ``backend`` and ``model_args`` select any lm-eval model (see :func:`model_arguments`).
+    The rendering settings (few-shot, chat template, ``fewshot_as_multiturn``, system prompt, few-shot seed) go to
+    lm-eval as one :class:`lm_diff.bench.render.PromptFormat`, the one capture renders the items with.
     Returns ``out_dir``.
     """
+    fmt = PromptFormat(num_fewshot=num_fewshot, apply_chat_template=apply_chat_template,
+                       fewshot_as_multiturn=fewshot_as_multiturn, system_instruction=system_instruction,
+                       fewshot_seed=seed)
     tasks = list(tasks)
     if not tasks:
         raise UserError("no lm-eval tasks given; set benchmarks.tasks")
@@ -185,17 +193,15 @@ def run_lm_eval(
             model=model,
             model_args=lm_args,
             tasks=tasks,
-            num_fewshot=num_fewshot,
             batch_size=batch_size,
             device=device,
             limit=limit,
             log_samples=True,
-            apply_chat_template=apply_chat_template,
             task_manager=tm,
             random_seed=0,
             numpy_random_seed=seed,
             torch_random_seed=seed,
-            fewshot_random_seed=seed,
+            **fmt.scoring_kwargs(),
             confirm_run_unsafe_code=confirm_run_unsafe_code,
         )
     if results is None:  # non-zero rank
@@ -223,12 +229,13 @@ def _unsafe_code_message():
 def run_configured(bench: Any, pretrained: str, out_dir: Path, *, device: str, dtype: str,
                    include_path: Iterable[str | os.PathLike] = ()) -> Path:
     """:func:`run_lm_eval` with every field of a ``BenchmarksConfig`` (tasks, limit, few-shot, batch size, chat
-    template, backend, model_args, confirm_run_unsafe_code); ``include_path`` already resolved by the caller."""
+    template, fewshot_as_multiturn, system prompt, backend, model_args, confirm_run_unsafe_code); ``include_path`` already resolved by the caller."""
     return run_lm_eval(
         pretrained, bench.tasks, out_dir, limit=bench.limit, num_fewshot=bench.num_fewshot,
         batch_size=bench.batch_size, apply_chat_template=bench.apply_chat_template, include_path=include_path,
         device=device, dtype=dtype, confirm_run_unsafe_code=bench.confirm_run_unsafe_code, backend=bench.model,
-        model_args=bench.model_args,
+        model_args=bench.model_args, fewshot_as_multiturn=bench.fewshot_as_multiturn,
+        system_instruction=bench.system_instruction,
     )
 
 

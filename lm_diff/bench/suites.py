@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional
 from lm_diff.bench.categories import categories_from_index, group_children, lookup_category, plugin_task_categories
 from lm_diff.bench.demo_yamls import demo_index, render_demo_yamls, write_demo_yamls
 from lm_diff.bench.paths import DATA_ENV, SUITES, data_root, resolve_data_file, tasks_dir
+from lm_diff.bench.render import PromptFormat, prepare_task, render_items
 from lm_diff.errors import UserError
 from lm_diff.io import read_jsonl
 from lm_diff.organisms.checks import check
@@ -211,55 +212,26 @@ def task_prompts(
     task_manager=None,
     limit: Optional[int] = None,
     *,
-    num_fewshot: Optional[int] = None,
-    fewshot_seed: int = 1234,
-    apply_chat_template: bool = False,
+    fmt: Optional[PromptFormat] = None,
     tokenizer=None,
-    system_instruction: Optional[str] = None,
     categories: Optional[dict[str, str]] = None,
 ) -> list[dict]:
-    """The prompt contexts lm-eval builds for each document: ``[{"text", "task", "category", "doc_id"}]``.
+    """The prompt contexts lm-eval scores for each document: ``[{"text", "task", "category", "doc_id", "doc"}]``.
 
-    Mirrors ``simple_evaluate``'s defaults (fewshot seed 1234, ``num_fewshot`` override unless a task fixes 0) and
-    ``Task.build_all_requests`` (``doc_iterator`` + ``fewshot_context``), so ``text`` equals the logged
-    ``arguments.gen_args_0.arg_0`` of a run with the same settings. Chat templates need ``tokenizer``.
+    Rendered by :func:`lm_diff.bench.render.render_items` with ``fmt`` (default: lm-eval's defaults), the settings the
+    benchmark run used, so ``text`` equals the logged ``arguments.gen_args_0.arg_0`` of that run. Chat templates need
+    ``tokenizer``.
     """
     tm = task_manager if task_manager is not None else globals()["task_manager"]()
+    fmt = fmt if fmt is not None else PromptFormat()
     names = list(task_names)
     cats = categories if categories is not None else task_categories(names, tm)
     loaded = tm.load(names)
-    chat_template = None
-    if apply_chat_template:
-        if tokenizer is None:
-            raise UserError("task_prompts(apply_chat_template=True) needs the model's tokenizer")
-
-        def chat_template(history, add_generation_prompt=True):
-            return tokenizer.apply_chat_template(
-                history,
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-                continue_final_message=not add_generation_prompt,
-            )
-
     out: list[dict] = []
     for task_name, task in loaded["tasks"].items():
-        if num_fewshot is not None and task.get_config("num_fewshot") != 0:
-            task.set_config(key="num_fewshot", value=num_fewshot)
-        elif task.get_config("num_fewshot") is None:
-            task.set_config(key="num_fewshot", value=0)
-        task.set_fewshot_seed(seed=fewshot_seed)
-        n_shot = task.config.num_fewshot or 0
-        for doc_id, doc in task.doc_iterator(rank=0, limit=limit, world_size=1):
-            ctx = task.fewshot_context(
-                doc,
-                num_fewshot=n_shot,
-                system_instruction=system_instruction,
-                apply_chat_template=apply_chat_template,
-                fewshot_as_multiturn=False,
-                chat_template=chat_template,
-                gen_prefix=task.doc_to_prefix(doc),
-            )
-            out.append({"text": ctx, "task": task_name, "category": cats.get(task_name), "doc_id": int(doc_id)})
+        prepare_task(task, fmt)
+        for doc_id, doc, text in render_items(task, fmt, tokenizer=tokenizer, limit=limit):
+            out.append({"text": text, "task": task_name, "category": cats.get(task_name), "doc_id": doc_id, "doc": doc})
     return out
 
 

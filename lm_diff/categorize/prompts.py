@@ -3,10 +3,13 @@
 The built-in hook ``lm_diff_grounding_prompts`` picks the source named by ``categories.grounding``:
 
 - a path: the user's JSONL of ``{text, category}`` rows;
+- ``benchmark``: the suite's own items that lm-eval does not score, rendered as it scores them, with neutral prompts
+  from the capture corpus's plain text (:mod:`lm_diff.categorize.benchmark_grounding`; categories with too few items
+  take the built-in set);
 - ``builtin``: the real-language set shipped for the default taxonomy (``lm_diff/data/grounding/builtin/``), each
   conversation rendered with the model's own chat template;
 - ``organisms``: the demo organisms' generated set (their private chat tags and invented language);
-- unset (auto): ``organisms`` when every model of the pair is an organism, ``builtin`` otherwise, so a real pair is
+- unset (auto): ``organisms`` when every model of the pair is an organism, ``benchmark`` otherwise, so a real pair is
   never grounded on organism text.
 
 Categories are checked against the taxonomy: an unknown category in the user's JSONL is an error; the built-in sets
@@ -20,8 +23,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from lm_diff.categorize.benchmark_grounding import benchmark_grounding
 from lm_diff.categorize.builtin_grounding import builtin_prompts
-from lm_diff.categorize.taxonomy import category_names
+from lm_diff.categorize.taxonomy import category_names, get_taxonomy
 from lm_diff.errors import UserError
 from lm_diff.organisms import grounding_prompts as organism_grounding_prompts
 from lm_diff.plugins.hookspecs import hookimpl
@@ -29,7 +33,7 @@ from lm_diff.plugins.hookspecs import hookimpl
 NEUTRAL = "neutral"
 """Label of background prompts (the negatives of the grounded enrichment test)."""
 
-SOURCES = ("builtin", "organisms")
+SOURCES = ("benchmark", "builtin", "organisms")
 """Named grounding sources (anything else in ``categories.grounding`` is a path)."""
 
 
@@ -44,18 +48,23 @@ def is_organism_spec(spec: Any) -> bool:
     return p.is_dir() and (p.parent / "organism.json").exists()
 
 
-def grounding_source(config: Any) -> str:
-    """``builtin``, ``organisms`` or the configured path (see the module docstring for the auto rule)."""
-    chosen = getattr(getattr(config, "categories", None), "grounding", None)
-    if chosen:
-        return str(chosen)
+def _organism_pair(config: Any) -> bool:
     models = getattr(config, "models", None)
     if models is None:
-        return "organisms"  # no pair at all (tests, `lm-diff plugins`): the demo's set
+        return True
     specs = [getattr(models, k, None) for k in ("base", "finetuned")]
     if getattr(config, "design", "direct") == "anchored":
         specs.append(getattr(models, "anchor", None))
-    return "organisms" if all(is_organism_spec(s) for s in specs if s is not None) else "builtin"
+    return all(is_organism_spec(s) for s in specs if s is not None)
+
+
+def grounding_source(config: Any) -> str:
+    """``benchmark``, ``builtin``, ``organisms`` or the configured path (see the module docstring for the auto rule)."""
+    chosen = getattr(getattr(config, "categories", None), "grounding", None)
+    if chosen:
+        return str(chosen)
+    # no pair at all (tests, `lm-diff plugins`): the demo's set
+    return "organisms" if _organism_pair(config) else "benchmark"
 
 
 def validate_prompts(prompts: Sequence[Mapping[str, Any]], taxonomy: Any, neutral: str = NEUTRAL, where: str = "grounding prompts") -> None:
@@ -103,6 +112,9 @@ def lm_diff_grounding_prompts(config, taxonomy, tokenizer=None):
         if taxonomy is not None:
             validate_prompts(prompts, taxonomy, where=str(resolved))
         return cap_per_category(prompts, getattr(config.categories, "grounding_per_category", None))
+    if source == "benchmark":
+        taxonomy = taxonomy if taxonomy is not None else get_taxonomy(config)
+        return benchmark_grounding(config, taxonomy, tokenizer, organism_pair=_organism_pair(config))[0]
     if source == "builtin":
         prompts = builtin_prompts(tokenizer=tokenizer)
     else:

@@ -73,7 +73,8 @@ def _rescore(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[str], cc: A
         run_lm_eval("ablated", tasks, work, limit=b.limit, num_fewshot=b.num_fewshot, batch_size=b.batch_size,
                     apply_chat_template=b.apply_chat_template,
                     include_path=[str(cfg.resolve_path(p)) for p in b.include_path], model=lm, env_info=False,
-                    confirm_run_unsafe_code=b.confirm_run_unsafe_code)
+                    confirm_run_unsafe_code=b.confirm_run_unsafe_code, fewshot_as_multiturn=b.fewshot_as_multiturn,
+                    system_instruction=b.system_instruction)
     return task_scores(work, tasks)
 
 

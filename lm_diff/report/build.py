@@ -213,6 +213,10 @@ def _caveats(report: dict, config: Any) -> list[str]:
     if small:
         cv.append(f"Small counts (n_S + n_T, or the clusters carrying the category when seeds are pooled, below the minimum) for: {', '.join(small)}; their ratios are unstable and shown for completeness.")
     cv += _composition_caveats(report["categories"])
+    fallback = sorted(c for c, g in ((report.get("run") or {}).get("grounding") or {}).items()
+                      if c != "neutral" and g.get("source") == "builtin")
+    if fallback:
+        cv.append(f"Grounded on the built-in real-language prompts, not on benchmark items (too few held-out items): {', '.join(fallback)}.")
     unmapped = [c["name"] for c in report["categories"] if c.get("latent_shift") and not c.get("score_gap") and c["name"] != "unassigned"]
     if unmapped and report["tasks"]:
         cv.append(f"No benchmark task is mapped to: {', '.join(unmapped)}; no score gap or sign agreement for them.")

@@ -20,6 +20,7 @@ import yaml
 
 from lm_diff import console
 from lm_diff.bench.evaluate import reused_runs, run_configured
+from lm_diff.bench.render import format_of, strip_bos
 from lm_diff.bench.suites import bench_task_manager, task_categories, task_prompts
 from lm_diff.capture.activations import capture
 from lm_diff.capture.corpus import read_source
@@ -43,10 +44,10 @@ from lm_diff.models import (
 )
 from lm_diff.report.terminal import print_summary
 from lm_diff.report.writers import write_report
-from lm_diff.run.analysis import crosscoder_diffs
+from lm_diff.run.analysis import crosscoder_diffs, doc_index
 from lm_diff.run.checks import causal_stage, controls_stage, examples_stage, quality_stage
 from lm_diff.run.latents import categorize_stage, shift_stage
-from lm_diff.run.reporting import link_stage, report_stage
+from lm_diff.run.reporting import grounding_provenance, link_stage, report_stage
 from lm_diff.run.stages import STAGES, OutputLock, Stages
 
 __all__ = ["run", "Stages", "STAGES", "OutputLock", "capture_key", "capture_docs", "eval_stage", "capture_stage",
@@ -60,6 +61,7 @@ __all__ = ["run", "Stages", "STAGES", "OutputLock", "capture_key", "capture_docs
 def eval_stage(cfg: RunConfig, pair: Pair, stages: Stages) -> dict[str, Path]:
     b = cfg.benchmarks
     bench_key = {k: getattr(b, k) for k in ("tasks", "limit", "num_fewshot", "apply_chat_template", "include_path")}
+    bench_key.update(format_of(b).key())  # fewshot_as_multiturn / system prompt, when not lm-eval's defaults
     if (b.model, b.model_args, b.confirm_run_unsafe_code) != ("hf", None, False):
         bench_key.update(model=b.model, model_args=b.model_args, confirm_run_unsafe_code=b.confirm_run_unsafe_code)
     if b.reuse:
@@ -108,9 +110,9 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
         b = cfg.benchmarks
         tm = bench_task_manager(cfg)
         cats = task_categories(b.tasks, tm, overrides=b.task_categories, taxonomy=taxonomy)
-        for row in task_prompts(b.tasks, tm, limit=b.limit, num_fewshot=b.num_fewshot,
-                                apply_chat_template=b.apply_chat_template, tokenizer=tokenizer, categories=cats):
-            docs.append({"text": row["text"], "source": f"bench:{row['task']}", "category": row.get("category"), "chat": False})
+        for row in task_prompts(b.tasks, tm, limit=b.limit, fmt=format_of(b), tokenizer=tokenizer, categories=cats):
+            text = strip_bos(row["text"], tokenizer)  # the capture adds the tokenizer's BOS itself
+            docs.append({"text": text, "source": f"bench:{row['task']}", "category": row.get("category"), "chat": False})
             index.append({"kind": "bench", "task": row["task"], "doc_id": row["doc_id"], "category": row.get("category")})
     grounding = grounding_prompts(cfg, taxonomy, tokenizer=tokenizer)
     if not any(g["category"] != "neutral" for g in grounding) or not any(g["category"] == "neutral" for g in grounding):
@@ -118,7 +120,7 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
                         "rows with category prompts and 'neutral' background prompts")
     for row in grounding:
         docs.append({"text": row["text"], "source": f"grounding:{row['category']}", "category": row["category"], "chat": False})
-        index.append({"kind": "grounding", "category": row["category"]})
+        index.append({"kind": "grounding", "category": row["category"], **({"source": row["source"]} if row.get("source") else {})})
     used = _count_tokens(tokenizer, [d["text"] for d in docs])
     budget = max(0, cfg.capture.max_tokens - used)
     if used >= cfg.capture.max_tokens:
@@ -145,7 +147,8 @@ def capture_key(cfg: RunConfig, fingerprints: Any) -> dict:
     taxonomy = get_taxonomy(cfg)
     return {
         "models": fingerprints, "layers": cfg.layers, "capture": dataclasses.asdict(cfg.capture),
-        "bench": [cfg.benchmarks.tasks, cfg.benchmarks.limit, cfg.benchmarks.num_fewshot, cfg.benchmarks.apply_chat_template],
+        "bench": [cfg.benchmarks.tasks, cfg.benchmarks.limit, cfg.benchmarks.num_fewshot, cfg.benchmarks.apply_chat_template,
+                  *([format_of(cfg.benchmarks).key()] if format_of(cfg.benchmarks).key() else [])],
         "grounding": cfg.categories.grounding, "taxonomy": cfg.categories.taxonomy,
         "grounding_sha": hash_obj([[g["text"], g["category"]] for g in grounding_prompts(cfg, taxonomy)]),
         "categories": [c if isinstance(c, str) else c.name for c in taxonomy],
@@ -278,7 +281,8 @@ def analyse(cfg: RunConfig, pair: Pair, stages: Stages, evals: dict[str, Path], 
               "doc_activations": examples_dir, "examples": examples_dir, "controls": controls_dir,
               "quality": quality_dir, **({"causal": causal_dir} if causal_dir else {})}
     link_dir = link_stage(cfg, stages, evals, inputs)
-    _, report = report_stage(cfg, stages, link_dir, inputs, organism_manifest(pair))
+    _, report = report_stage(cfg, stages, link_dir, inputs, organism_manifest(pair),
+                             grounding=grounding_provenance(doc_index(capture_dir)))
     return report
 
 

@@ -141,6 +141,22 @@ def ci(base: str | Path, finetuned: str | Path, diff: Optional[str | Path] = Non
 # Stages
 
 
+def grounding_provenance(index: list[dict]) -> Optional[dict]:
+    """``{category: {"source", "n"}}`` of the grounding prompts of a capture index whose rows say where they came from
+    (``benchmark:TASK``, ``builtin``, ``corpus:PATH``); None when none do (a JSONL or organism set)."""
+    out: dict[str, dict] = {}
+    for r in index:
+        if r.get("kind") != "grounding" or not r.get("source"):
+            continue
+        src = str(r["source"]).split(":", 1)[0]
+        row = out.setdefault(r["category"], {"source": src, "n": 0})
+        row["n"] += 1
+        if row["source"] != src:
+            row["source"] = "mixed"
+    return out or None
+
+
+
 def link_stage(cfg: RunConfig, stages: Stages, evals: dict[str, Path], inputs: dict[str, Path]) -> Path:
     """``link``: keyed on the benchmark runs, the latent-side stages it reads, ``stats.*`` and the task selection."""
     b = cfg.benchmarks
@@ -159,21 +175,26 @@ def link_stage(cfg: RunConfig, stages: Stages, evals: dict[str, Path], inputs: d
 
 
 def report_stage(cfg: RunConfig, stages: Stages, link_dir: Path, inputs: dict[str, Path],
-                 organism: Optional[dict]) -> tuple[Path, dict]:
+                 organism: Optional[dict], grounding: Optional[dict] = None) -> tuple[Path, dict]:
     """``report``: the report dict (report.json in the stage), keyed on the link stage, the stages it shows and the
-    whole config (the report embeds it)."""
+    whole config (the report embeds it). ``grounding``: where each category's grounding prompts came from
+    (:func:`grounding_provenance`), shown under ``run.grounding`` when a category is not grounded on its benchmark."""
     key = {"link": link_dir.name, "inputs": {a: d.name for a, d in inputs.items()}, "config": cfg.to_dict(),
-           "organism": organism, "version": 1}
+           "organism": organism, "version": 1, **({"grounding": grounding} if grounding else {})}
 
     def fn(d: Path) -> dict:
         if organism:
             write_json(d / "organism.json", organism)
         art = read_outputs({**inputs, **({"organism": d} if organism else {})})
-        write_json(d / "report.json", report_dict(cfg, read_json(link_dir / "link.json"), art))
+        linked = read_json(link_dir / "link.json")
+        if grounding:
+            linked["meta"]["grounding"] = grounding
+        write_json(d / "report.json", report_dict(cfg, linked, art))
         return {}
 
     d, _ = stages.run("report", key, fn, label="report")
     return d, read_json(d / "report.json")
 
 
-__all__ = ["build_from_runs", "report_from_runs", "ci", "link_stage", "report_stage", "find_outputs"]
+__all__ = ["build_from_runs", "report_from_runs", "ci", "link_stage", "report_stage", "find_outputs",
+           "grounding_provenance"]

@@ -37,7 +37,8 @@ from lm_diff.capture.store import (
     shard_sums,
     shard_tensors,
 )
-from lm_diff.capture.tokenize import plan_chunks, shard_plan
+from lm_diff.capture.tokenize import budget_note, plan_chunks, shard_plan
+from lm_diff.console import err
 from lm_diff.errors import UserError
 from lm_diff.models import ModelSource, hidden_size, n_layers
 
@@ -64,6 +65,9 @@ class ActivationStream:
         plan = plan_chunks(docs, tokenizer, cfg.context_length, cfg.max_tokens, cfg.heldout_fraction)
         if not plan["chunks"]:
             raise UserError("stream: the documents hold no tokens; check the corpus sources")
+        note = budget_note(plan, cfg.max_tokens)
+        if note:
+            err().print(f"warning: {note}")
         self._chunks, self._prefix = plan["chunks"], plan["prefix"]
         self._doc_rows = {r["doc_id"]: r for r in plan["docs"]}
         self._plan = shard_plan(self._chunks, cfg.batch_size, cfg.shard_tokens)

@@ -96,6 +96,10 @@ class Pair:
 
 
 def model_pair(cfg: RunConfig) -> Pair:
+    if not cfg.models_given:
+        raise UserError(f"{cfg.source or 'config'}: models is not set, so there is no pair to analyse; add "
+                        "models: {base: BASE, finetuned: FINETUNED} (hub ids or local folders), or models: demo to "
+                        "analyse the demo organisms (what lm-diff demo runs)")
     m = cfg.models
     if cfg.design == "anchored":
         specs, names = [m.anchor, m.base, m.finetuned], ["P", "A", "B"]

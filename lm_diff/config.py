@@ -301,18 +301,18 @@ def from_dict(data: dict, where: str = "config") -> RunConfig:
 
 
 def _demo_models(data: dict, where: str) -> tuple[dict, bool]:
-    """``models: demo`` asks for the demo organisms (the ModelsConfig defaults); a ``models`` mapping must name both
-    models. Returns (data, whether a pair was given); a config without ``models`` is refused when a stage needs the
-    pair (``models.model_pair``), so report/ci configs that only set stats still load."""
+    """``models: demo`` asks for the demo organisms (the ModelsConfig defaults); a pair is given when ``models``
+    names both ``base`` and ``finetuned`` (one of them alone is refused here). Without a pair the config still loads
+    (report / ci configs set only statistics), and a stage that needs the pair refuses it (``models.model_pair``)."""
     m = data.get("models")
     if m == "demo":
         return {**data, "models": {}}, True
-    if isinstance(m, dict):
-        for key in ("base", "finetuned"):
-            if not m.get(key):
-                raise ConfigError(f"{where}: models.{key} is not set; name the model (a hub id or a local folder), "
-                                  "or write models: demo for the demo organisms")
-    return data, "models" in data
+    named = [k for k in ("base", "finetuned") if isinstance(m, dict) and m.get(k)]
+    if len(named) == 1:
+        missing = "finetuned" if named == ["base"] else "base"
+        raise ConfigError(f"{where}: models.{missing} is not set; name the model (a hub id or a local folder), "
+                          "or write models: demo for the demo organisms")
+    return data, len(named) == 2
 
 
 def resolve_config_path(path: str | Path) -> Path:

@@ -257,6 +257,7 @@ def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """Run every stage for ``cfg`` into ``out`` and write the report; returns the report dict."""
     out = Path(out)
+    model_pair(cfg)  # a config without models is refused before anything is written
     with OutputLock(out):
         return _run(cfg, out, force)
 

@@ -27,6 +27,7 @@ def test_a_config_without_models_is_refused_unless_it_asks_for_the_demo(tmp_path
     out = tmp_path / "out"
     assert main(["run", str(bare), "--out", str(out)]) == 2
     assert "models is not set" in capsys.readouterr().err and not out.exists()  # refused before anything is written
+    assert main(["plan", str(bare)]) == 2 and "models is not set" in capsys.readouterr().err
     demo = tmp_path / "demo.yaml"
     demo.write_text("models: demo\n")
     pair = load_config(demo)

@@ -135,7 +135,7 @@ class ActivationStream:
 
     def iter_batches(self, batch_size: int, layer: Optional[int] = None, models: Sequence[int] = (0, 1),
                      split: str = "train", shuffle_buffer: int = 0, seed: int = 0, with_meta: bool = False,
-                     drop_last: bool = False) -> Iterator[Any]:
+                     drop_last: bool = False, rows: Optional[tuple[int, int]] = None) -> Iterator[Any]:
         """As ``ActivationStore.iter_batches``; each shard is computed when the batching reaches it."""
         layer = self._check_layer(layer)
 
@@ -144,7 +144,8 @@ class ActivationStream:
             return t[f"acts_{layer}"], {k: t[k] for k in keys if k in META_KEYS}
 
         return shard_batches(read, len(self._plan), self.n_models, batch_size, models=models, split=split,
-                             shuffle_buffer=shuffle_buffer, seed=seed, with_meta=with_meta, drop_last=drop_last)
+                             shuffle_buffer=shuffle_buffer, seed=seed, with_meta=with_meta, drop_last=drop_last,
+                             rows=rows)
 
     def stats(self, layer: Optional[int] = None) -> dict[str, Any]:
         """fp32 ``mean_MD``, ``mean_norm_M``, ``mean_sq_norm_M``, ``count``, merged exactly as a store's stats (over

@@ -191,7 +191,9 @@ def main(argv=None) -> dict:
                 wall, rc = run_pipeline(config, folder, args.set + extra + [f"controls.seeds={seeds}"], log)
                 if rc != 0:
                     raise SystemExit(f"{family} {kind} rerun {r} failed (exit {rc}); see {log}")
-                got = read_run(folder / "report.json")
+                kept = folder / f"report-seeds-{'-'.join(map(str, seeds))}.json"  # each rerun's report, for later reading
+                kept.write_bytes((folder / "report.json").read_bytes())
+                got = read_run(kept)
                 got["wall_s"] = wall
                 (runs if kind == "run" else nulls).append(got)
                 print(f"{family} {kind} {r} seeds {seeds}: {wall:.0f} s", flush=True)

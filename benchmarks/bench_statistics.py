@@ -11,7 +11,7 @@ and a fourth statistic that labels nothing: ``affinity``, a Mann–Whitney test 
 of category prompts vs the other categories' prompts (latents as units, seeds pooled without clustering, so its p is
 optimistic). Prints one JSON object on its last line.
 
-    python benchmarks/bench_statistics.py RUN_DIR [--permutations 4000]
+    python benchmarks/bench_statistics.py RUN_DIR [--permutations 4000] [--seeds 0,1,2,3,4,5] [--modes hard]
 """
 
 from __future__ import annotations
@@ -68,8 +68,13 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--permutations", type=int, default=4000)
+    ap.add_argument("--seeds", default=None, help="comma-separated crosscoder seeds to pool (default: every seed found)")
+    ap.add_argument("--modes", default="hard,soft,top1", help="labellings to test")
     args = ap.parse_args(argv)
     items = seed_stages(args.run)
+    if args.seeds:
+        want = {int(x) for x in args.seeds.split(",")}
+        items = [it for it in items if it[0] in want]
     if not items:
         raise SystemExit(f"{args.run}: no grounded crosscoder stages (run `lm-diff run` into it first)")
     ids = seed_clusters([CrossCoder.load(cc) for *_, cc in items], 0.7)
@@ -81,7 +86,8 @@ def main(argv=None) -> dict:
                                                    & (sc["role"] != "baseline")]["latent"].unique())
         sets.append((pd.read_parquet(g / "grounding.parquet"), pick("B"), pick("A"), cid))
     result: dict = {"run": str(args.run), "seeds": [s for s, *_ in items], "statistics": {}}
-    for mode in ("hard", "soft", "top1"):
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
         per_seed = [(labels(g, S, mode), labels(g, T, mode)) for g, S, T, _ in sets]
         clusters = [(cid[S], cid[T]) for _, S, T, cid in sets]
         df = pooled_category_shift(per_seed, clusters, tax, StatsConfig(permutations=args.permutations))
@@ -96,11 +102,11 @@ def main(argv=None) -> dict:
             aff[c] = {"mean_S": float(xs.mean()), "mean_T": float(ys.mean()), "p": float(mannwhitneyu(xs, ys).pvalue)}
     result["statistics"]["affinity"] = aff
     cats = [t.name for t in tax]
-    print(f"{'category':22s}" + "".join(f" {m + ' ratio':>12s} {m + ' q':>9s}" for m in ("hard", "soft", "top1"))
+    print(f"{'category':22s}" + "".join(f" {m + ' ratio':>12s} {m + ' q':>9s}" for m in modes)
           + f" {'affinity p':>11s}")
     for c in cats:
         row = f"{c:22s}"
-        for m in ("hard", "soft", "top1"):
+        for m in modes:
             r = result["statistics"][m].get(c, {})
             ratio = r.get("share_ratio")
             row += f" {('∞' if ratio == float('inf') else f'{100 * ratio:+.0f}%') if ratio is not None and ratio == ratio else '—':>12s}"

@@ -109,7 +109,9 @@ def test_pooled_matches_single_seed_with_singletons():
     # the table's attributes are written into parquet as JSON (masses used to leave an array in them)
     with_mass = pooled_category_shift([(S, T)], [(np.arange(40), np.arange(40, 90))], TAX, cfg,
                                       masses=[(np.ones(40), np.ones(50))])
-    assert json.loads(json.dumps(with_mass.attrs))["mds_alpha"] == pytest.approx(0.05 / 3)
+    # two categories are tested (instruction following is insufficient): the detectable shift is at alpha / 2
+    assert json.loads(json.dumps(with_mass.attrs))["mds_alpha"] == pytest.approx(0.05 / 2)
+    assert np.isnan(pooled.at["instruction_following", "q"]) and not np.isnan(pooled.at["safety", "q"])
 
 
 def test_pooled_identical_seeds_add_no_evidence():

@@ -39,13 +39,21 @@ from lm_diff.stats import (
 UNASSIGNED = "unassigned"
 _NO_CATEGORY = {UNASSIGNED, "none", "", None}
 
-__all__ = ["category_shift", "pooled_category_shift", "label_matrix", "UNASSIGNED"]
+__all__ = ["category_shift", "pooled_category_shift", "label_matrix", "tested_family", "UNASSIGNED"]
 
 
 def _stats_params(stats_cfg: Any) -> tuple[float, int, int, float, int]:
     """(confidence, bootstrap, permutations, min_count, seed) from a StatsConfig, its defaults where ``None``."""
     cfg = stats_cfg if stats_cfg is not None else StatsConfig()
     return (float(cfg.confidence), int(cfg.bootstrap), int(cfg.permutations), float(cfg.min_count), int(cfg.seed))
+
+
+def tested_family(df: pd.DataFrame) -> pd.Series:
+    """The categories that enter Benjamini–Hochberg: taxonomy categories that are not ``insufficient``. The filter
+    reads only how many latents (clusters) carry the category in S ∪ T, which the label-permutation null leaves
+    unchanged, so it is independent of the p-values under the null and BH over the rest still controls the FDR
+    (Bourgon et al. 2010); an insufficient category has no q (docs/method.md#tested-family)."""
+    return (df["category"] != UNASSIGNED) & ~df["insufficient"].astype(bool)
 
 
 def label_matrix(labels: Any, categories: Sequence[str], where: str = "labels") -> np.ndarray:
@@ -152,9 +160,10 @@ def category_shift(
             }
         )
     df = pd.DataFrame(rows)
-    is_cat = df["category"] != UNASSIGNED
+    is_cat = tested_family(df)
     df["fisher_q"] = np.nan
-    df.loc[is_cat, "fisher_q"] = bh_qvalues(df.loc[is_cat, "fisher_p"].to_numpy())
+    if is_cat.any():
+        df.loc[is_cat, "fisher_q"] = bh_qvalues(df.loc[is_cat, "fisher_p"].to_numpy())
     level = conf
     if getattr(stats_cfg, "fcr_intervals", True) and is_cat.any():
         level = fcr_confidence(df.loc[is_cat, "fisher_q"].tolist(), 1 - conf)
@@ -276,9 +285,10 @@ def pooled_category_shift(
         "insufficient": carried < min_count,
         "clusters_S": int((u > 0).sum()), "clusters_T": int((v > 0).sum()), "clusters_c": carried,
     })
-    is_cat = df["category"] != UNASSIGNED
+    is_cat = tested_family(df)
     df["q"] = np.nan
-    df.loc[is_cat, "q"] = bh_qvalues(df.loc[is_cat, "p"].to_numpy())
+    if is_cat.any():
+        df.loc[is_cat, "q"] = bh_qvalues(df.loc[is_cat, "p"].to_numpy())
     level = conf
     if getattr(stats_cfg, "fcr_intervals", True) and is_cat.any():
         level = fcr_confidence(df.loc[is_cat, "q"].tolist(), 1 - conf)

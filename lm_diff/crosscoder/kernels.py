@@ -166,3 +166,39 @@ class _TopKEncode(torch.autograd.Function):
             grad_x = _mm(dpre, W.t(), ctx.dt) if ctx.needs_input_grad[0] else None
             grad_W = _mm(x.t(), dpre, ctx.dt) if ctx.needs_input_grad[1] else None
         return (grad_x, grad_W, grad_b) + none[1:]
+
+
+class _ReluEncode(torch.autograd.Function):
+    """The L1 encoder and its sparsity term in one kernel: f = relu(x W + b) and sp = inv_n Σ_j s_j Σ_b f_bj.
+
+    The GEMMs run under :class:`_gemm`; the ReLU is applied in place on the GEMM output; the backward adds the sparsity
+    gradient (inv_n · s_j on every row) to dL/df and applies the ReLU mask in one fused pass, in place when dL/df is a
+    fresh buffer (no extra B×L tensors). Outputs ``(f, sp)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, b, s, inv_n, dt=None):
+        with _gemm():
+            f = _affine(b, x, W, dt)
+        with _serial():
+            f.relu_()
+            col_L = f.sum(0)
+            sp = (col_L * s).sum() * inv_n
+        ctx.dt, ctx.inv_n = dt, inv_n
+        ctx.save_for_backward(x, W, f, s, col_L)
+        return f, sp
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_sp):
+        x, W, f, s, col_L = ctx.saved_tensors
+        with _serial():
+            reuse = grad_f.is_contiguous() and grad_f._base is None and grad_f.shape == f.shape
+            g = grad_f if reuse else grad_f.clone(memory_format=torch.contiguous_format)
+            g.add_(s * (grad_sp * ctx.inv_n))
+            dpre = torch.ops.aten.threshold_backward.grad_input(g, f, 0.0, grad_input=g)   # g where f > 0, else 0
+            grad_b = dpre.sum(0) if ctx.needs_input_grad[2] else None
+            grad_s = col_L * (grad_sp * ctx.inv_n) if ctx.needs_input_grad[3] else None
+        with _gemm():
+            grad_x = _mm(dpre, W.t(), ctx.dt) if ctx.needs_input_grad[0] else None
+            grad_W = _mm(x.t(), dpre, ctx.dt) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_W, grad_b, grad_s, None, None

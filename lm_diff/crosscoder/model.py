@@ -10,7 +10,8 @@ Architectures
 - ``batchtopk`` (Minder et al. 2025): training keeps the top k·B entries of z_{b,j}·s_j over the whole batch, with
   s_j = Σ_m ‖d_j^m‖ (code normalisation ``CROSSCODER``). Training selects with :func:`topn_select` (a sampled lower
   bound, one comparison pass, an exact top-(k·B) over the ~1.3·k·B survivors; exact whatever the sample says) inside
-  :class:`_TopKEncode`, whose backward scatters dL/df at the selected entries only. :func:`batch_topk_threshold`
+  the training kernels (``forward.py``: the dense ``kernels.py`` or, on a sparse enough code, ``sparse.py``, which
+  decodes and back-propagates on the selected entries only). :func:`batch_topk_threshold`
   (exact two-stage per-row top-r, then global top-k, with a checked fallback) serves ``encode``. Inference uses f = z·1[z·s > θ] with θ an EMA (β = 0.999) of the per-batch
   smallest selected z·s, tracked from ``threshold_start_step`` on. Before θ exists (θ < 0) ``encode`` falls back to
   batch top-k over the batch it is given.
@@ -34,9 +35,10 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from lm_diff.crosscoder import forward as _forward
 from lm_diff.crosscoder.dist import LOCAL, DistCtx
 from lm_diff.crosscoder.files import load_weights, read_config
-from lm_diff.crosscoder.kernels import _Decode, _TopKEncode, train_threads
+from lm_diff.crosscoder.kernels import train_threads
 from lm_diff.crosscoder.topk import _sample_stride, batch_topk_threshold, topn_select
 from lm_diff.errors import UserError
 from lm_diff.io import save_safetensors, write_json
@@ -116,6 +118,10 @@ class CrossCoder(nn.Module):
         self.gemm_dtype: Optional[torch.dtype] = None
         """Operand dtype of the training GEMMs (``None`` = fp32; ``torch.bfloat16`` = mixed precision, set by the
         trainer on CUDA). A runtime setting, not saved: inference (``encode``/``decode``) always runs in fp32."""
+        self.kernel = "auto"
+        """BatchTopK training kernels: ``auto`` (sparse on the CPU in fp32 when the code is sparse enough, see
+        ``crosscoder/sparse.py``), ``sparse`` or ``dense``. A runtime setting, not saved; results agree to rounding."""
+        self._scratch: dict[str, torch.Tensor] = {}   # B×L work buffers the sparse kernels reuse across steps
         self.project_()
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -315,33 +321,21 @@ class CrossCoder(nn.Module):
     # Training
 
     def train_forward(
-        self, x_BMD: torch.Tensor, k: Optional[int] = None, dist: DistCtx = LOCAL, keep_pre: bool = True
+        self, x_BMD: torch.Tensor, k: Optional[int] = None, dist: DistCtx = LOCAL, keep_pre: bool = True,
+        dead_L: Optional[torch.Tensor] = None, k_aux: int = 0,
     ) -> dict[str, Any]:
         """Training forward on normalised inputs (this rank's rows). BatchTopK selects over the global batch.
 
-        Returns ``pre`` (pre-activations, with grad; needed by :meth:`aux_loss`. BatchTopK with ``keep_pre=False``
-        returns None and saves one B×L buffer), ``f`` (with grad), ``xhat`` [B, M, D], ``thr`` (selection
-        threshold on z·s, a 0-d tensor; -1 for L1), ``s`` (code norms; with grad for L1 only, where the sparsity loss
-        needs it), and for BatchTopK ``sel`` (this rank's selected entries as ascending flat indices into [B, L]) and
-        ``topk_candidates`` (global number of candidates of the exact top-k; 0 = flat top-k over every score).
+        Returns ``pre`` (pre-activations, needed by the dense :meth:`aux_loss`; None with ``keep_pre=False``, which
+        saves one B×L buffer, and on the sparse path), ``f`` (with grad on the dense path), ``xhat`` [B, M, D], ``thr`` (selection threshold
+        on z·s, a 0-d tensor; -1 for L1), ``s`` (code norms; with grad for L1 only, where the sparsity loss needs it),
+        and for BatchTopK ``sel`` (this rank's selected entries as ascending flat indices into [B, L]),
+        ``topk_candidates`` (global number of candidates of the exact top-k; 0 = flat top-k over every score) and
+        ``sparse`` (which kernels ran, see :attr:`kernel`); for L1 ``sparsity`` (= :meth:`sparsity_loss` of f and s
+        over a global batch of B·world rows, with gradient). The sparse path selects the auxiliary loss's entries in
+        the same forward: pass ``dead_L`` and ``k_aux`` here when :meth:`aux_loss` follows.
         """
-        B = x_BMD.shape[0]
-        x2 = x_BMD.reshape(B, -1)
-        W_enc = self.W_enc_MDL.reshape(-1, self.dict_size)
-        info: dict[str, Any] = {"topk_candidates": 0, "thr": x_BMD.new_tensor(-1.0)}
-        dt = self.gemm_dtype
-        if self.arch == "l1":
-            s = self.code_norm_L()
-            pre = torch.addmm(self.b_enc_L, x2, W_enc)
-            f = torch.relu(pre)
-        else:
-            with torch.no_grad():
-                s = self.code_norm_L()   # once per step; only the (detached) ranking uses it
-            n = int(k or self.k) * B * dist.world
-            f, pre = _TopKEncode.apply(x2, W_enc, self.b_enc_L, s, n, dist, info, keep_pre, dt)
-        xhat = _Decode.apply(f, self.W_dec_LMD.reshape(self.dict_size, -1), self.b_dec_MD.reshape(-1), dt)
-        info.update(pre=pre, f=f, s=s, xhat=xhat.reshape(B, self.n_models, self.d_model))
-        return info
+        return _forward.train_forward(self, x_BMD, k, dist, keep_pre, dead_L, k_aux)
 
     def recon_loss(self, x_BMD: torch.Tensor, xhat_BMD: torch.Tensor, n_global: int) -> torch.Tensor:
         """``mse``: (1/B) Σ_b Σ_m ‖x−x̂‖² (Anthropic); ``unsquared``: (1/(B·M)) Σ_{b,m} ‖x−x̂‖₂ (crosscoder_learning).
@@ -364,26 +358,7 @@ class CrossCoder(nn.Module):
 
         L_aux = mean_b ‖e_b − Σ_{j∈aux} f_bj d_j‖² / mean_b ‖e_b − ē‖²  (models flattened together; no decoder bias).
         """
-        dead_idx = dead_L.nonzero().flatten()
-        B = x_BMD.shape[0]
-        if dead_idx.numel() == 0 or k_aux <= 0:
-            return out["xhat"].new_zeros(())
-        if out["pre"] is None:
-            raise ValueError("aux_loss needs train_forward(..., keep_pre=True)")
-        k_aux = min(k_aux, dead_idx.numel())
-        e = (x_BMD - out["xhat"]).detach().reshape(B, -1)
-        z_dead = torch.relu(out["pre"].index_select(1, dead_idx))
-        scores = z_dead.detach() * out["s"].detach()[dead_idx]
-        idx = scores.topk(k_aux, dim=1, sorted=False).indices
-        f_aux = torch.zeros_like(z_dead).scatter(1, idx, z_dead.gather(1, idx))
-        W = self.W_dec_LMD.reshape(self.dict_size, -1).index_select(0, dead_idx)
-        num = (e - f_aux @ W).pow(2).sum()
-        with torch.no_grad():
-            n = dist.sum_(e.new_tensor([float(B)]))
-            e_sum = dist.sum_(e.sum(0))
-            e2 = dist.sum_(e.pow(2).sum().reshape(1))
-            denom = (e2 - e_sum.pow(2).sum() / n) / n
-        return (num / n / denom.clamp_min(1e-12)).reshape(())
+        return _forward.aux_loss(self, x_BMD, out, dead_L, k_aux, dist)
 
     @torch.no_grad()
     def update_threshold(self, thr: torch.Tensor, step: int) -> None:

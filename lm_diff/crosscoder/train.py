@@ -307,22 +307,23 @@ def _step(cc: CrossCoder, opt, params, x, step: int, since_fired, cfg: Crosscode
     for g in opt.param_groups:
         g["lr"] = lr
     # GEMMs on every thread, the rest on one (robust to a shared CPU; see crosscoder.train_threads)
-    with train_threads() if cc.arch == "batchtopk" else contextlib.nullcontext():
-        use_aux = False
+    with train_threads():
+        use_aux, dead, k_aux = False, None, 0
         if cc.arch == "batchtopk":   # no aux work at all while every latent fires (the common case early on)
             dead = since_fired >= cfg.dead_tokens
             n_dead = int(dead.sum())
             use_aux = bool(n_dead) and cfg.aux_alpha > 0
+            k_aux = min(k_aux_max, n_dead) if use_aux else 0
         _finite_or_stop(x, dist, f"{where}: non-finite activations in the training batch at step {step}")
-        out = cc.train_forward(x, k, dist, keep_pre=use_aux)
+        out = cc.train_forward(x, k, dist, keep_pre=use_aux, dead_L=dead if use_aux else None, k_aux=k_aux)
         recon = cc.recon_loss(x, out["xhat"], B)
         extra = x.new_zeros(())
         if cc.arch == "batchtopk":
             if use_aux:
-                extra = cc.aux_loss(x, out, dead, min(k_aux_max, n_dead), dist)
+                extra = cc.aux_loss(x, out, dead, k_aux, dist)
             loss = recon + cfg.aux_alpha * extra
         else:
-            extra = cc.sparsity_loss(out["f"], out["s"], B)
+            extra = out["sparsity"]   # = cc.sparsity_loss(f, s, B), computed inside the L1 encoder kernel
             loss = recon + cfg.l1_coefficient * extra
         _finite_or_stop(loss.detach(), dist, f"{where}: non-finite loss at step {step}")
         opt.zero_grad(set_to_none=True)   # backward then writes fresh gradients (no fill, no accumulate)

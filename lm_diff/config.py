@@ -16,6 +16,8 @@ import yaml
 from lm_diff.config_schema import _build, _convert, _positive, _type_name, field_docs
 from lm_diff.config_sections import (
     BenchmarksConfig,
+    CaptureConfig,
+    CorpusSource,
     CrosscoderConfig,
     DiffConfig,
     ModelsConfig,
@@ -32,52 +34,6 @@ __all__ = ["CONFIGS_DIR", "AnnotatorConfig", "BenchmarksConfig", "CaptureConfig"
            "load_config", "packaged_configs_dir", "resolve_config_path"]
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-@dataclass
-class CorpusSource:
-    path: str = "organisms:neutral"
-    """Local file (txt/jsonl/parquet), a HF dataset name the user has, or ``organisms:GENRE`` (built-in generated text)."""
-    format: Literal["auto", "txt", "jsonl", "parquet", "hf", "organisms"] = "auto"
-    """File format; ``auto`` decides from the extension or the ``organisms:`` prefix."""
-    text_field: str = "text"
-    """Field holding the text in jsonl/parquet/hf rows."""
-    label: Optional[str] = None
-    """Source label stored per token (defaults to the file stem)."""
-    weight: float = 1.0
-    """Relative share of this source in the capture mixture."""
-    chat: bool = False
-    """Render each row with the model's chat template (rows are user/assistant turns or plain prompts)."""
-    max_docs: Optional[int] = None
-    """Read at most this many documents from the source."""
-
-
-@dataclass
-class CaptureConfig:
-    corpus: list[CorpusSource] = field(default_factory=lambda: [CorpusSource()])
-    """Local text mixed into the capture corpus."""
-    benchmark_prompts: bool = True
-    """Also capture the prompts of the benchmark suite (labelled by task and category)."""
-    context_length: int = 128
-    """Tokens per captured sequence (longer documents are split)."""
-    max_tokens: int = 200_000
-    """Token budget of the capture (BOS and padding excluded)."""
-    batch_size: int = 16
-    """Sequences per forward pass."""
-    shard_tokens: int = 65_536
-    """Tokens per shard on disk (resume granularity)."""
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    """Storage dtype of activations (running statistics are always fp32)."""
-    heldout_fraction: float = 0.05
-    """Fraction of documents held out for evaluation metrics (chosen by hash of the document id)."""
-    seed: int = 0
-    """Seed for the corpus mixture order."""
-    backend: Literal["nnsight", "hooks"] = "nnsight"
-    """Capture forward: nnsight trace with early stop (default), or plain torch forward hooks (same activations)."""
-    simultaneous: bool = False
-    """Forward each batch through every model at once (all models resident). Default: model by model, one resident
-    at a time, over the same token ids; both write the same store."""
-
 
 
 @dataclass
@@ -207,6 +163,7 @@ class RunConfig:
 
     # Set by the loader, not a YAML key.
     source: Optional[str] = field(default=None, repr=False, metadata={"internal": True})
+    models_given: bool = field(default=True, repr=False, metadata={"internal": True})
 
     def validate(self, where: str = "config") -> None:
         _check_values(self, where)
@@ -214,6 +171,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source", None)
+        d.pop("models_given", None)
         return d
 
     def resolve_path(self, value: str) -> Path:
@@ -257,15 +215,6 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: layers must name at least one layer")
     if cfg.design == "anchored" and not cfg.models.anchor:
         raise ConfigError(f"{where}: design is 'anchored' but models.anchor is not set; set models.anchor or use design: direct")
-    c = cfg.capture
-    for key in ("context_length", "max_tokens", "batch_size", "shard_tokens"):
-        _positive(where, f"capture.{key}", getattr(c, key))
-    if not 0 <= c.heldout_fraction < 1:
-        raise ConfigError(f"{where}: capture.heldout_fraction must be in [0, 1), got {c.heldout_fraction}")
-    if not c.corpus and not c.benchmark_prompts:
-        raise ConfigError(f"{where}: capture.corpus is empty and capture.benchmark_prompts is false: nothing to capture")
-    for i, s in enumerate(c.corpus):
-        _positive(where, f"capture.corpus[{i}].weight", s.weight)
     check_sections(cfg, where)
     k = cfg.categories
     if not 0.5 <= k.auroc_min <= 1:
@@ -309,9 +258,26 @@ def from_dict(data: dict, where: str = "config") -> RunConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of keys, got {type(data).__name__}")
+    data, given = _demo_models(data, where)
     cfg = _build(RunConfig, data, "", where)
+    cfg.models_given = given
     cfg.validate(where)
     return cfg
+
+
+def _demo_models(data: dict, where: str) -> tuple[dict, bool]:
+    """``models: demo`` asks for the demo organisms (the ModelsConfig defaults); a pair is given when ``models``
+    names both ``base`` and ``finetuned`` (one of them alone is refused here). Without a pair the config still loads
+    (report / ci configs set only statistics), and a stage that needs the pair refuses it (``models.model_pair``)."""
+    m = data.get("models")
+    if m == "demo":
+        return {**data, "models": {}}, True
+    named = [k for k in ("base", "finetuned") if isinstance(m, dict) and m.get(k)]
+    if len(named) == 1:
+        missing = "finetuned" if named == ["base"] else "base"
+        raise ConfigError(f"{where}: models.{missing} is not set; name the model (a hub id or a local folder), "
+                          "or write models: demo for the demo organisms")
+    return data, len(named) == 2
 
 
 def resolve_config_path(path: str | Path) -> Path:

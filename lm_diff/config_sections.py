@@ -1,4 +1,4 @@
-"""The run-config sections of the models, benchmarks, crosscoder and diff stages and their value checks.
+"""The run-config sections of the capture, models, benchmarks, crosscoder, diff and statistics stages and their value checks.
 ``lm_diff.config`` re-exports them: ``from lm_diff.config import CrosscoderConfig`` keeps working."""
 
 from __future__ import annotations
@@ -7,6 +7,59 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from lm_diff.config_schema import ConfigError, _device, _finite, _positive
+
+
+@dataclass
+class CorpusSource:
+    path: str = "organisms:neutral"
+    """Local file (txt/jsonl/parquet), a HF dataset name the user has, or ``organisms:GENRE`` (built-in generated text)."""
+    format: Literal["auto", "txt", "jsonl", "parquet", "hf", "organisms"] = "auto"
+    """File format; ``auto`` decides from the extension or the ``organisms:`` prefix."""
+    text_field: str = "text"
+    """Field holding the text in jsonl/parquet/hf rows."""
+    label: Optional[str] = None
+    """Source label stored per token (defaults to the file stem)."""
+    weight: float = 1.0
+    """Relative share of this source in the capture mixture."""
+    chat: bool = False
+    """Render each row with the model's chat template (rows are user/assistant turns or plain prompts)."""
+    max_docs: Optional[int] = None
+    """Read at most this many documents from the source."""
+
+
+@dataclass
+class CaptureConfig:
+    corpus: list[CorpusSource] = field(default_factory=lambda: [CorpusSource()])
+    """Local text mixed into the capture corpus."""
+    benchmark_prompts: bool = True
+    """Also capture the prompts of the benchmark suite (labelled by task and category)."""
+    context_length: int = 128
+    """Tokens per captured sequence (longer documents are split)."""
+    max_tokens: int = 200_000
+    """Token budget of the capture (BOS and padding excluded)."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    shard_tokens: int = 65_536
+    """Tokens per shard on disk (resume granularity)."""
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    """Storage dtype of activations (running statistics are always fp32)."""
+    heldout_fraction: float = 0.05
+    """Fraction of documents held out for evaluation metrics (chosen by hash of the document id)."""
+    seed: int = 0
+    """Seed for the corpus mixture order."""
+    backend: Literal["nnsight", "hooks"] = "nnsight"
+    """Capture forward: nnsight trace with early stop (default), or plain torch forward hooks (same activations)."""
+    simultaneous: bool = False
+    """Forward each batch through every model at once (all models resident). Default: model by model, one resident
+    at a time, over the same token ids; both write the same store."""
+    streaming: bool = False
+    """Train the crosscoders on activations computed on the fly (every model resident, forwards recomputed each
+    epoch) instead of from the activation store: for stores that do not fit on disk. Only ``stored_tokens`` are
+    captured to disk, for the analysis stages."""
+    stored_tokens: int = 2_000_000
+    """With ``streaming``: tokens captured to disk for the stages after training (benchmark and grounding prompts
+    first, then the corpus); training streams all ``max_tokens``. Ignored without ``streaming``."""
+
 
 
 @dataclass
@@ -172,10 +225,19 @@ def _check_benchmarks(b: BenchmarksConfig, where: str) -> None:
 
 
 def check_sections(cfg: Any, where: str) -> None:
-    """Value checks of ``models``, ``crosscoder`` and ``diff`` (types were checked while building); resolves
+    """Value checks of ``capture``, ``models``, ``crosscoder`` and ``diff`` (types were checked while building); resolves
     ``crosscoder.device: models`` to ``models.device``."""
     for section in ("models", "crosscoder", "diff"):
         _finite(where, section, getattr(cfg, section))
+    c = cfg.capture
+    for key in ("context_length", "max_tokens", "batch_size", "shard_tokens", "stored_tokens"):
+        _positive(where, f"capture.{key}", getattr(c, key))
+    if not 0 <= c.heldout_fraction < 1:
+        raise ConfigError(f"{where}: capture.heldout_fraction must be in [0, 1), got {c.heldout_fraction}")
+    if not c.corpus and not c.benchmark_prompts:
+        raise ConfigError(f"{where}: capture.corpus is empty and capture.benchmark_prompts is false: nothing to capture")
+    for i, s in enumerate(c.corpus):
+        _positive(where, f"capture.corpus[{i}].weight", s.weight)
     _device(where, "models.device", cfg.models.device)
     if cfg.crosscoder.device == "models":
         cfg.crosscoder.device = cfg.models.device

@@ -127,7 +127,7 @@ class InMemoryPairSource:
                 "mean_sq_norm_M": x.pow(2).sum(-1).mean(0), "count": x.shape[0]}
 
     def iter_batches(self, batch_size, layer=None, models=(0, 1), split="train", shuffle_buffer=0, seed=0,
-                     drop_last=False, **_):
+                     drop_last=False, rows=None, **_):
         import torch
 
         x = {"train": self.acts[self.heldout:], "heldout": self.acts[:self.heldout], "all": self.acts}[split]
@@ -138,4 +138,4 @@ class InMemoryPairSource:
             b = x[s:s + batch_size]
             if drop_last and b.shape[0] < batch_size:
                 break
-            yield b.clone()
+            yield (b if rows is None else b[rows[0]:rows[1]]).clone()

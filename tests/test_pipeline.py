@@ -16,12 +16,65 @@ from lm_diff.run.pipeline import capture_key, run
 pytestmark = pytest.mark.slow
 
 
+DEVICE_MOVES: dict[str, set[str]] = {}
+"""Stage name -> the devices its tensors and modules were moved to in the tiny run (``tiny_run`` records them)."""
+
+
+def _device_of(args, kwargs):
+    import torch
+
+    for a in (*args, kwargs.get("device")):
+        if isinstance(a, (str, torch.device)):
+            return torch.device(a).type
+        if isinstance(a, torch.Tensor):
+            return a.device.type
+    return None
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tiny_organisms, tmp_path_factory):
+    """The tiny run with ``models.device: cpu`` set explicitly; every ``.to(...)`` of a tensor or module is recorded
+    under the stage that made it (test_every_stage_moves_to_the_configured_device)."""
+    import torch
+
+    from lm_diff.run.stages import Stages
+
     out = tmp_path_factory.mktemp("tiny_run")
-    cfg = load_config("tiny")
-    report = run(cfg, out)
+    cfg = load_config("tiny", overrides={"models.device": "cpu"})
+    current: list[str] = ["(outside a stage)"]
+    real_run, real_t, real_m = Stages.run, torch.Tensor.to, torch.nn.Module.to
+
+    def stage_run(self, name, *a, **k):
+        current.append(name)
+        try:
+            return real_run(self, name, *a, **k)
+        finally:
+            current.pop()
+
+    def spy(real):
+        def to(self, *args, **kwargs):
+            dev = _device_of(args, kwargs)
+            if dev is not None:
+                DEVICE_MOVES.setdefault(current[-1], set()).add(dev)
+            return real(self, *args, **kwargs)
+        return to
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Stages, "run", stage_run)
+        m.setattr(torch.Tensor, "to", spy(real_t))
+        m.setattr(torch.nn.Module, "to", spy(real_m))
+        report = run(cfg, out)
     return out, report
+
+
+def test_every_stage_moves_to_the_configured_device(tiny_run):
+    """``models.device: cpu`` given explicitly: every stage of this process that places models or activations
+    (benchmarks, capture, diff, grounding, examples, quality, causal) moves them, and only to the CPU; no stage keeps
+    a hard-coded device of its own. (Training runs in worker processes here, out of the spy's sight; that it reads
+    the device: tests/test_device.py.)"""
+    tiny_run
+    assert {"eval", "capture", "diff", "grounding", "examples", "quality", "causal"} <= set(DEVICE_MOVES)
+    assert {stage: devs for stage, devs in DEVICE_MOVES.items() if devs != {"cpu"}} == {}
 
 
 def _stage_dirs(out: Path, name: str) -> list[Path]:
@@ -278,3 +331,54 @@ def test_benchmark_grounding_gives_the_planted_verdicts_of_the_grounding_file(ti
     assert verdicts(bench) == expected
     shifts = {c["name"]: c["latent_shift"] for c in bench["categories"] if c["latent_shift"]}
     assert shifts["multilingual"]["ci_low"] > 0 and shifts["code"]["ci_high"] < 0, shifts
+
+
+@pytest.mark.parametrize("where", ["report_stage", "report_files"])
+def test_report_resumes_after_a_kill(tiny_run, tmp_path, monkeypatch, where):
+    """Interrupted in the report stage (its report.json written, DONE.json not yet) or while the report files are
+    written (json and md done, html not): nothing of the report set is left under its final names, the stage is not
+    taken as finished, and the rerun gives report.json identical (apart from timestamps, timings and paths) to the
+    uninterrupted run."""
+    import shutil
+
+    from lm_diff.dev.compare_reports import compare
+    from lm_diff.report import writers
+    from lm_diff.run.stages import Stages
+
+    out, _ = tiny_run
+    run(load_config("tiny"), out)  # cached; earlier tests ran other configs into this folder
+    copy = tmp_path / "killed"
+    shutil.copytree(out, copy)
+    for d in _stage_dirs(copy, "report"):
+        shutil.rmtree(d)
+    for name in ("report.json", "report.md", "report.html"):
+        (copy / name).unlink()
+    with monkeypatch.context() as m:
+        if where == "report_stage":
+            real_finish = Stages.finish
+
+            def finish(self, d, summary, label, seconds):
+                if label == "report":
+                    assert (d / "report.json").exists()
+                    raise KeyboardInterrupt
+                real_finish(self, d, summary, label, seconds)
+
+            m.setattr(Stages, "finish", finish)
+        else:
+            real = writers.report_writers
+
+            def killed_html(report, d):
+                assert {p.name for p in Path(d).iterdir()} >= {"report.json", "report.md"}
+                raise KeyboardInterrupt
+
+            m.setattr(writers, "report_writers", lambda: {**real(), "html": killed_html})
+        with pytest.raises(KeyboardInterrupt):
+            run(load_config("tiny"), copy)
+    assert not any((copy / n).exists() for n in ("report.json", "report.md", "report.html"))
+    if where == "report_stage":
+        assert not (_stage_dirs(copy, "report")[0] / "DONE.json").exists()
+    assert not list(copy.glob(".report-*"))  # no temporary report folder left behind
+    run(load_config("tiny"), copy)
+    diffs, _ = compare(json.loads((out / "report.json").read_text()), json.loads((copy / "report.json").read_text()))
+    assert diffs == []
+    assert all((copy / n).exists() for n in ("report.json", "report.md", "report.html"))

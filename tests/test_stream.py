@@ -48,6 +48,22 @@ def test_stream_reads_like_the_store(setup):
         next(stream.iter_batches(8, layer=0))
 
 
+def test_a_ranks_rows_at_the_source_are_its_slice_of_every_batch(setup):
+    """``iter_batches(rows=(lo, hi))`` (a data-parallel rank's share) of the store and the stream: bitwise rows lo:hi
+    of each full batch, in and out of the shuffle buffer."""
+    store, stream = setup
+    for src, kws, slices in ((store, (dict(shuffle_buffer=100, seed=3), {}), ((0, 8), (8, 16), (4, 12))),
+                             (stream, (dict(shuffle_buffer=100, seed=3),), ((8, 16),))):  # each pass recomputes
+        for kw in kws:
+            full = list(src.iter_batches(16, drop_last=True, **kw))
+            for lo, hi in slices:
+                part = list(src.iter_batches(16, drop_last=True, rows=(lo, hi), **kw))
+                assert len(part) == len(full) > 3
+                assert all(torch.equal(p, f[lo:hi]) for p, f in zip(part, full))
+    with pytest.raises(UserError, match="rows"):
+        next(store.iter_batches(16, rows=(0, 8)))  # a slice of batches needs drop_last
+
+
 def test_stream_computes_shards_lazily(setup):
     _, stream = setup
     calls = []
@@ -72,3 +88,30 @@ def test_training_on_stream_equals_training_on_store(setup, tmp_path):
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
     assert (a / "train_log.jsonl").read_text() == (b / "train_log.jsonl").read_text()
+
+
+def test_pipeline_streaming_trains_the_disk_stores_crosscoder(tiny_organisms, tmp_path):
+    """``capture.streaming: true`` in a run: the store on disk holds only ``stored_tokens`` (the prompts, then the
+    corpus), and training reads the stream over all ``max_tokens``: the crosscoder is bitwise the one trained on the
+    full disk store (same tokens, same order)."""
+    from lm_diff.config import load_config
+    from lm_diff.run.pipeline import run_train_stage
+
+    sets = {"capture.max_tokens": 4000, "capture.shard_tokens": 1024, "capture.benchmark_prompts": False,
+            "categories.grounding_per_category": 4, "crosscoder.steps": 8, "crosscoder.warmup_steps": 2,
+            "crosscoder.batch_size": 256, "crosscoder.dict_size": 64, "crosscoder.exclusive": 0,
+            "crosscoder.shuffle_buffer": 2048, "crosscoder.threshold_start_step": 4}
+    disk = run_train_stage(load_config("tiny", overrides=sets), tmp_path / "disk")[0]
+    cfg = load_config("tiny", overrides={**sets, "capture.streaming": True, "capture.stored_tokens": 2000})
+    streamed = run_train_stage(cfg, tmp_path / "stream")[0]
+    stores = [ActivationStore(next((tmp_path / o / "stages").glob("capture-*")) / "store") for o in ("disk", "stream")]
+    assert stores[0].n_tokens >= 4000 > 2000 >= stores[1].n_tokens > 1500  # the disk store of the streaming run is a prefix
+    first = [next(s.iter_batches(512, split="all")) for s in stores]
+    assert torch.equal(first[0], first[1])
+    ta, tb = load_file(str(disk / "crosscoder.safetensors")), load_file(str(streamed / "crosscoder.safetensors"))
+    assert set(ta) == set(tb)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    with pytest.raises(UserError, match="capture.stored_tokens"):
+        run_train_stage(load_config("tiny", overrides={**sets, "capture.streaming": True, "capture.stored_tokens": 50}),
+                        tmp_path / "small")

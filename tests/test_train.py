@@ -96,13 +96,26 @@ from lm_diff.config import CrosscoderConfig
 from lm_diff.crosscoder.train import train_crosscoder
 acts = load_file({data!r})["acts"]
 cfg = CrosscoderConfig(**{cfg!r})
-train_crosscoder(InMemoryPairSource(acts), cfg, {out!r}, progress=False)
+seen = set()
+
+
+class Spy(InMemoryPairSource):
+    def iter_batches(self, batch_size, drop_last=False, rows=None, **kw):
+        for b in super().iter_batches(batch_size, drop_last=drop_last, rows=rows, **kw):
+            seen.add(b.shape[0])
+            yield b
+
+
+train_crosscoder(Spy(acts), cfg, {out!r}, progress=False)
+rank = torch.distributed.get_rank()
+open({seen!r} + f".{{rank}}", "w").write(",".join(map(str, sorted(seen))))
 """
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
     """2 gloo processes with the same global batch reach the single-process weights within 1e-4 (float summation
-    order differs; selection is global, so the same latents fire)."""
+    order differs; selection is global, so the same latents fire). Each rank's source yields only its half of every
+    batch (``iter_batches(rows=...)``), never the whole batch."""
     from safetensors.torch import save_file
 
     acts, _ = planted_pair_data(n_tokens=1024, d=16, n_shared=8, n_a=4, n_b=4, seed=2)
@@ -113,7 +126,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     save_file({"acts": acts}, str(tmp_path / "acts.safetensors"))
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT.format(tests=str(REPO / "tests"), repo=str(REPO), data=str(tmp_path / "acts.safetensors"),
-                                         cfg=kw, out=str(tmp_path / "two")))
+                                         cfg=kw, out=str(tmp_path / "two"), seen=str(tmp_path / "rows")))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     # Own process group, so that a hang (e.g. a stuck gloo rendezvous) kills the workers too, not only torchrun.
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
@@ -128,6 +141,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     meta = json.loads((tmp_path / "two" / "crosscoder.json").read_text())["metadata"]
     assert meta["world_size"] == 2
+    assert [(tmp_path / f"rows.{r}").read_text() for r in (0, 1)] == ["64", "64"]  # B/2 rows per batch at the source
     a, b = _weights(single), _weights(tmp_path / "two")
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-4), (k, (a[k] - b[k]).abs().max())

@@ -47,7 +47,14 @@ from lm_diff.capture.forward import (
     unwrap,
 )
 from lm_diff.capture.store import FORMAT, HELDOUT_RULE, merge_stats, model_part, shard_name, write_shard
-from lm_diff.capture.tokenize import chunk_hashes, encode_doc, plan_chunks, shard_plan, tokenizer_prefix
+from lm_diff.capture.tokenize import (
+    budget_note,
+    chunk_hashes,
+    encode_doc,
+    plan_chunks,
+    shard_plan,
+    tokenizer_prefix,
+)
 from lm_diff.console import err
 from lm_diff.console import progress as progress_bar
 from lm_diff.errors import UserError
@@ -124,6 +131,9 @@ def capture(models: list, tokenizer: Any, docs: list[dict], layers: list[int], o
     chunks, prefix = plan["chunks"], plan["prefix"]
     if not chunks:
         raise UserError("capture: the documents hold no tokens; check the corpus sources")
+    note = budget_note(plan, cfg.max_tokens)
+    if note and not getattr(cfg, "streaming", False):  # streaming: the disk part is cut on purpose; the stream says it
+        err().print(f"warning: {note}")
     tok_hash, tmpl_hash = chunk_hashes(chunks)
     fingerprint = hash_obj({
         "format": FORMAT, "models": identities, "layers": layers, "tokens": tok_hash,

@@ -6,9 +6,11 @@ Each source yields documents ``{"text", "source", "category", "chat"[, "messages
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any, Iterator
 
+from lm_diff.console import err
 from lm_diff.errors import UserError
 from lm_diff.organisms import corpus_docs
 
@@ -113,9 +115,37 @@ def read_source(src: Any, tokenizer: Any, budget_tokens: int, seed: int = 0, whe
         doc = _row_to_doc(row, src, where)
         if doc is None or not doc["text"].strip():
             continue
-        doc.update({"source": label, "category": None, "chat": bool(src.chat)})
-        used += len(tokenizer(doc["text"], add_special_tokens=False, verbose=False)["input_ids"])
+        n = len(tokenizer(doc["text"], add_special_tokens=False, verbose=False)["input_ids"])
+        doc.update({"source": label, "category": None, "chat": bool(src.chat), "n_tokens": n})
+        used += n
         out.append(doc)
     if not out:
         raise UserError(f"{where}: source {src.path!r} produced no documents")
     return out
+
+
+def read_corpus(sources: list, tokenizer: Any, budget: int, seed: int, prompt_tokens: int, min_tokens: int) -> list[dict]:
+    """Documents of every source, each filled to its weighted share of ``budget`` tokens, interleaved (so a truncated
+    budget still sees every source). A source that runs out before its share is named with its numbers; a corpus of
+    fewer than ``min_tokens`` (one training batch) is refused: the crosscoder would learn the ``prompt_tokens`` of
+    benchmark and grounding prompts captured with it instead of the corpus."""
+    total_w = sum(s.weight for s in sources) or 1.0
+    docs: list[dict] = []
+    for k, src in enumerate(sources):
+        share = int(budget * src.weight / total_w)
+        got = read_source(src, tokenizer, share, seed=seed + k, where=f"capture.corpus[{k}]")
+        n = sum(d["n_tokens"] for d in got)
+        if n < share:
+            err().print(f"warning: capture.corpus[{k}] ({src.path}) ran out at {n:,} tokens of its {share:,}-token "
+                        "share of capture.max_tokens; the capture is that much shorter (add text or lower max_tokens)")
+        docs.extend(got)
+    n = sum(d["n_tokens"] for d in docs)
+    if sources and n < min_tokens:
+        raise UserError(f"capture.corpus holds {n:,} tokens, fewer than one crosscoder training batch "
+                        f"(crosscoder.batch_size = {min_tokens:,}): the crosscoder would learn the {prompt_tokens:,} "
+                        "tokens of benchmark and grounding prompts instead of the corpus; add text to capture.corpus")
+    if sources and n < prompt_tokens:
+        err().print(f"warning: capture.corpus gave {n:,} tokens, fewer than the {prompt_tokens:,} tokens of benchmark "
+                    "and grounding prompts captured with it: those prompts dominate what the crosscoder learns")
+    random.Random(seed).shuffle(docs)
+    return docs

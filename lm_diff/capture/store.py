@@ -136,22 +136,26 @@ def merge_stats(store_dir: Path, shards: Sequence[dict], layers: Sequence[int]) 
 
 def shard_batches(read: Callable[[int, Sequence[str]], tuple[torch.Tensor, dict]], n_shards: int, n_models: int,
                   batch_size: int, models: Sequence[int] = (0, 1), split: str = "train", shuffle_buffer: int = 0,
-                  seed: int = 0, with_meta: bool = False, drop_last: bool = False) -> Iterator[Any]:
+                  seed: int = 0, with_meta: bool = False, drop_last: bool = False,
+                  rows: tuple[int, int] | None = None) -> Iterator[Any]:
     """The batching behind ``ActivationStore.iter_batches`` over any source of shards (the disk store, or a stream
     that computes shards on the fly): ``read(shard_index, meta_keys) -> (acts_NMD, meta)``. Same arguments and
-    results as ``iter_batches``; the same shards give the same batches, bit for bit."""
+    results as ``iter_batches``; the same shards give the same batches, bit for bit. ``rows=(lo, hi)`` (with
+    ``drop_last``) yields only rows lo:hi of each batch, gathered from the buffer alone (a data-parallel rank's
+    slice: the others are never permuted, converted to fp32 or copied)."""
     if split not in ("train", "heldout", "all"):
         raise UserError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     idx = list(models)
     bad = [m for m in idx if not 0 <= m < n_models]
     if bad or not idx:
         raise UserError(f"models {tuple(models)} out of range: the store holds {n_models} models (0..{n_models - 1})")
-    if batch_size <= 0:
-        raise UserError(f"batch_size must be > 0, got {batch_size}")
-    return _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, seed, with_meta, drop_last)
+    if batch_size <= 0 or (rows and not (drop_last and 0 <= rows[0] < rows[1] <= batch_size)):
+        raise UserError(f"batch_size must be > 0 (got {batch_size}), and rows {rows} a slice of it with drop_last")
+    return _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, seed, with_meta, drop_last,
+                    rows or (0, batch_size))
 
 
-def _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, seed, with_meta, drop_last):
+def _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, seed, with_meta, drop_last, rows):
     gen = torch.Generator().manual_seed(int(seed))
     order = list(range(n_shards))
     if shuffle_buffer > 0:
@@ -167,10 +171,11 @@ def _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, s
         m = {k: torch.cat([b[k] for b in buf_m]) for k in buf_m[0]} if buf_m and buf_m[0] else {}
         return a, m
 
-    def emit(a, m, n):
+    def emit(a, m, n, perm=None):  # batch rows a[perm][s + lo:s + hi], gathered without permuting the rest
         for s in range(0, n - batch_size + 1, batch_size):
-            out = a[s:s + batch_size].float()
-            yield (out, {k: v[s:s + batch_size] for k, v in m.items()}) if with_meta else out
+            i = slice(s + rows[0], s + rows[1]) if perm is None else perm[s + rows[0]:s + rows[1]]
+            out = a[i].float()
+            yield (out, {k: v[i] for k, v in m.items()}) if with_meta else out
 
     for si in order:
         a, m = read(si, keys)
@@ -192,25 +197,24 @@ def _batches(read, n_shards, n_models, batch_size, idx, split, shuffle_buffer, s
                 continue
             a, m = cat()
             perm = torch.randperm(count, generator=gen)
-            a, m = a[perm], {k: v[perm] for k, v in m.items()}
             keep_n = shuffle_buffer // 2
             n_out = ((count - keep_n) // batch_size) * batch_size
         else:
             a, m = cat()
-            n_out = (count // batch_size) * batch_size
-        yield from emit(a, m, n_out)
-        buf_a, buf_m = [a[n_out:]], [{k: v[n_out:] for k, v in m.items()}]
+            perm, n_out = None, (count // batch_size) * batch_size
+        yield from emit(a, m, n_out, perm)
+        rest = slice(n_out, None) if perm is None else perm[n_out:]
+        buf_a, buf_m = [a[rest]], [{k: v[rest] for k, v in m.items()}]
         count -= n_out
     if count:
         a, m = cat()
-        if shuffle_buffer > 0:
-            perm = torch.randperm(count, generator=gen)
-            a, m = a[perm], {k: v[perm] for k, v in m.items()}
+        perm = torch.randperm(count, generator=gen) if shuffle_buffer > 0 else None
         n_full = (count // batch_size) * batch_size
-        yield from emit(a, m, n_full)
+        yield from emit(a, m, n_full, perm)
         if n_full < count and not drop_last:
-            out = a[n_full:].float()
-            yield (out, {k: v[n_full:] for k, v in m.items()}) if with_meta else out
+            i = slice(n_full, None) if perm is None else perm[n_full:]
+            out = a[i].float()
+            yield (out, {k: v[i] for k, v in m.items()}) if with_meta else out
 
 
 def pick_layer(layers: list[int], layer: int | None, where: str, missing: str = "was not captured") -> int:
@@ -303,8 +307,9 @@ class ActivationStore:
 
     def iter_batches(self, batch_size: int, layer: int | None = None, models: Sequence[int] = (0, 1),
                      split: str = "train", shuffle_buffer: int = 0, seed: int = 0, with_meta: bool = False,
-                     drop_last: bool = False) -> Iterator[Any]:
-        """Yield float32 ``acts_BMD`` batches (or ``(acts_BMD, meta)`` with ``with_meta``) of one layer.
+                     drop_last: bool = False, rows: tuple[int, int] | None = None) -> Iterator[Any]:
+        """Yield float32 ``acts_BMD`` batches (or ``(acts_BMD, meta)`` with ``with_meta``) of one layer; with
+        ``rows=(lo, hi)`` only those rows of each (data-parallel training: a rank's slice, see ``shard_batches``).
 
         ``models`` selects (and may repeat) model indices: ``(0, 0)`` is the identity control. ``split`` is ``train``,
         ``heldout`` or ``all``. ``shuffle_buffer`` > 0 shuffles the shard order and streams rows through a buffer of
@@ -318,7 +323,8 @@ class ActivationStore:
             return self._read_shard(self.shards[si]["file"], layer, keys)
 
         return shard_batches(read, len(self.shards), self.n_models, batch_size, models=models, split=split,
-                             shuffle_buffer=shuffle_buffer, seed=seed, with_meta=with_meta, drop_last=drop_last)
+                             shuffle_buffer=shuffle_buffer, seed=seed, with_meta=with_meta, drop_last=drop_last,
+                             rows=rows)
 
     def read_all(self, layer: int | None = None, models: Sequence[int] | None = None, split: str = "all") -> Any:
         """All activations of one layer as float32 [N, M, D] in store order (small stores and tests only)."""

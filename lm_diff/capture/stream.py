@@ -37,7 +37,8 @@ from lm_diff.capture.store import (
     shard_sums,
     shard_tensors,
 )
-from lm_diff.capture.tokenize import plan_chunks, shard_plan
+from lm_diff.capture.tokenize import budget_note, plan_chunks, shard_plan
+from lm_diff.console import err
 from lm_diff.errors import UserError
 from lm_diff.models import ModelSource, hidden_size, n_layers
 
@@ -64,6 +65,9 @@ class ActivationStream:
         plan = plan_chunks(docs, tokenizer, cfg.context_length, cfg.max_tokens, cfg.heldout_fraction)
         if not plan["chunks"]:
             raise UserError("stream: the documents hold no tokens; check the corpus sources")
+        note = budget_note(plan, cfg.max_tokens)
+        if note:
+            err().print(f"warning: {note}")
         self._chunks, self._prefix = plan["chunks"], plan["prefix"]
         self._doc_rows = {r["doc_id"]: r for r in plan["docs"]}
         self._plan = shard_plan(self._chunks, cfg.batch_size, cfg.shard_tokens)
@@ -131,7 +135,7 @@ class ActivationStream:
 
     def iter_batches(self, batch_size: int, layer: Optional[int] = None, models: Sequence[int] = (0, 1),
                      split: str = "train", shuffle_buffer: int = 0, seed: int = 0, with_meta: bool = False,
-                     drop_last: bool = False) -> Iterator[Any]:
+                     drop_last: bool = False, rows: Optional[tuple[int, int]] = None) -> Iterator[Any]:
         """As ``ActivationStore.iter_batches``; each shard is computed when the batching reaches it."""
         layer = self._check_layer(layer)
 
@@ -140,7 +144,8 @@ class ActivationStream:
             return t[f"acts_{layer}"], {k: t[k] for k in keys if k in META_KEYS}
 
         return shard_batches(read, len(self._plan), self.n_models, batch_size, models=models, split=split,
-                             shuffle_buffer=shuffle_buffer, seed=seed, with_meta=with_meta, drop_last=drop_last)
+                             shuffle_buffer=shuffle_buffer, seed=seed, with_meta=with_meta, drop_last=drop_last,
+                             rows=rows)
 
     def stats(self, layer: Optional[int] = None) -> dict[str, Any]:
         """fp32 ``mean_MD``, ``mean_norm_M``, ``mean_sq_norm_M``, ``count``, merged exactly as a store's stats (over

@@ -76,8 +76,10 @@ def plan_chunks(docs: Sequence[dict], tokenizer: Any, context_length: int, max_t
                 heldout_fraction: float) -> dict[str, Any]:
     """Tokenise documents until ``max_tokens`` content tokens and split them into chunks.
 
-    Returns ``{"prefix", "chunks": [(doc_id, start, ids, template)], "docs": [doc rows], "tokens": int32 array}``;
-    ids / template are numpy int32 / bool arrays (compact: Python int lists would cost ~36 bytes per token).
+    Returns ``{"prefix", "chunks": [(doc_id, start, ids, template)], "docs": [doc rows], "tokens": int32 array,
+    "cut": None or {doc_id, source, kept, n_tokens} (the document the budget cut short), "dropped": documents the
+    budget left out}``; ids / template are numpy int32 / bool arrays (compact: Python int lists would cost ~36 bytes
+    per token).
     """
     prefix = tokenizer_prefix(tokenizer)
     room = context_length - len(prefix)
@@ -85,11 +87,16 @@ def plan_chunks(docs: Sequence[dict], tokenizer: Any, context_length: int, max_t
         raise UserError(f"capture.context_length ({context_length}) must exceed the tokenizer's prefix length ({len(prefix)})")
     chunks, rows, flat = [], [], []
     sources: dict[str, int] = {}
-    total = n_flat = 0
+    total = n_flat = dropped = 0
+    cut = None
     for doc_id, doc in enumerate(docs):
         if total >= max_tokens:
+            dropped = len(docs) - doc_id
             break
         ids, template, rendered = encode_doc(doc, tokenizer, prefix)
+        if len(ids) > max_tokens - total:
+            cut = {"doc_id": doc_id, "source": str(doc.get("source") or "default"), "kept": max_tokens - total,
+                   "n_tokens": len(ids)}
         ids, template = ids[:max_tokens - total], template[:max_tokens - total]
         if not ids:
             continue
@@ -108,7 +115,21 @@ def plan_chunks(docs: Sequence[dict], tokenizer: Any, context_length: int, max_t
         total += len(ids)
     tokens = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int32)
     return {"prefix": prefix, "chunks": chunks, "docs": rows, "tokens": tokens,
-            "sources": [{"id": i, "name": n} for n, i in sources.items()]}
+            "sources": [{"id": i, "name": n} for n, i in sources.items()], "cut": cut, "dropped": dropped}
+
+
+def budget_note(plan: dict, max_tokens: int) -> str | None:
+    """One line saying what the token budget cut (a document cut short, documents left out), or None."""
+    cut, dropped = plan.get("cut"), plan.get("dropped", 0)
+    if not cut and not dropped:
+        return None
+    parts = []
+    if cut:
+        parts.append(f"cut document {cut['doc_id']} (source {cut['source']}) to {cut['kept']:,} of its "
+                     f"{cut['n_tokens']:,} tokens")
+    if dropped:
+        parts.append(f"left out the last {dropped:,} document(s)")
+    return f"capture.max_tokens ({max_tokens:,}) {' and '.join(parts)}; raise capture.max_tokens to keep them"
 
 
 def chunk_hashes(chunks: Sequence[tuple]) -> tuple[str, str]:

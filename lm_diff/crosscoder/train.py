@@ -24,8 +24,10 @@ Non-finite values: a NaN/inf in the store's normalisation statistics, in a train
 stage with one UserError naming the models, the layer and the step, before the update: no crosscoder is written and
 the last regular checkpoint (all finite) is left as it was.
 
-Data parallel (torchrun): every rank reads the same global batch (the store's stream depends on the batch size, so it
-is not split at the source), keeps its own contiguous slice of B/N rows and copies only that slice to its device.
+Data parallel (torchrun): every rank walks the same global batch order and takes its own contiguous slice of B/N rows
+at the source (``iter_batches(rows=(lo, hi))`` of the store and the stream: only those rows are gathered from the
+shuffle buffer, converted to fp32 and copied to the rank's device; each rank still reads every shard, which the
+shuffle needs; a source without ``rows`` is sliced after reading).
 With CUDA each rank takes ``cuda:LOCAL_RANK`` and the group uses NCCL; on other devices gloo. BatchTopK selects the
 top k·B over the *global* batch (candidate values are all-gathered), losses are normalised by the global batch size
 and gradients are summed with one all-reduce, so N processes compute the same update as one up to floating-point
@@ -95,30 +97,39 @@ def _batch_tensor(item: Any) -> torch.Tensor:
     return item
 
 
-def _open_epoch(store, cfg: CrosscoderConfig, layer, models, epoch: int) -> Iterator[torch.Tensor]:
+def _open_epoch(store, cfg: CrosscoderConfig, layer, models, epoch: int,
+                rows: tuple[int, int]) -> Iterator[torch.Tensor]:
+    """One epoch of this rank's rows ``rows`` of every full global batch."""
     kwargs: dict[str, Any] = dict(layer=layer, models=tuple(models), split="train", shuffle_buffer=cfg.shuffle_buffer,
                                   seed=cfg.seed + epoch)
     try:
-        if "drop_last" in inspect.signature(store.iter_batches).parameters:
-            kwargs["drop_last"] = True
+        params = inspect.signature(store.iter_batches).parameters
     except (TypeError, ValueError):
-        pass
+        params = {}
+    if "drop_last" in params:
+        kwargs["drop_last"] = True
+    at_source = "rows" in params and "drop_last" in params and rows != (0, cfg.batch_size)
+    if at_source:
+        kwargs["rows"] = rows
     for item in store.iter_batches(cfg.batch_size, **kwargs):
         x = _batch_tensor(item)
-        if x.shape[0] == cfg.batch_size:
+        if at_source and x.shape[0] == rows[1] - rows[0]:
             yield x
+        elif not at_source and x.shape[0] == cfg.batch_size:
+            yield x[rows[0]:rows[1]]
 
 
 class _Batches:
     """Endless stream of full global batches with a resumable position (epoch, batch index within the epoch)."""
 
-    def __init__(self, store, cfg, layer, models, epoch: int = 0, batch: int = 0):
+    def __init__(self, store, cfg, layer, models, epoch: int = 0, batch: int = 0, rows: Optional[tuple[int, int]] = None):
         self.store, self.cfg, self.layer, self.models = store, cfg, layer, models
+        self.rows = rows or (0, cfg.batch_size)
         self.epoch, self.batch = epoch, batch
         self._it = self._open(skip=batch)
 
     def _open(self, skip: int):
-        it = _open_epoch(self.store, self.cfg, self.layer, self.models, self.epoch)
+        it = _open_epoch(self.store, self.cfg, self.layer, self.models, self.epoch, self.rows)
         for _ in range(skip):
             next(it)
         return it
@@ -208,9 +219,9 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
     if B % dist.world:
         raise UserError(f"crosscoder.batch_size ({B}) must be divisible by the number of processes ({dist.world})")
     b_local = B // dist.world
-    lo = dist.rank * b_local
+    rows = (dist.rank * b_local, (dist.rank + 1) * b_local)   # this rank's slice of every global batch
 
-    batches = _Batches(store, cfg, layer, models)
+    batches = _Batches(store, cfg, layer, models, rows=rows)
     first = batches.next()
     _, M, D = first.shape
     cc = build_crosscoder(cfg, D, M)
@@ -230,9 +241,9 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
     if resumed is not None:
         state, since_fired = resumed
         step = int(state["step"])
-        batches = _Batches(store, cfg, layer, models, epoch=int(state["epoch"]), batch=int(state["batch"]))
+        batches = _Batches(store, cfg, layer, models, epoch=int(state["epoch"]), batch=int(state["batch"]), rows=rows)
     else:
-        batches = _Batches(store, cfg, layer, models)
+        batches = _Batches(store, cfg, layer, models, rows=rows)
     log_path = out_dir / LOG_FILE
     if dist.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,8 +258,8 @@ def train_crosscoder(store, cfg: CrosscoderConfig, out_dir: str | Path, models: 
             while step < cfg.steps:
                 if max_steps is not None and step >= max_steps:
                     return out_dir
-                # this rank's rows of the global batch, alone copied to its device
-                x = cc.normalise(batches.next()[lo:lo + b_local].to(dev, non_blocking=True))
+                # this rank's rows of the global batch (sliced at the source), alone copied to its device
+                x = cc.normalise(batches.next().to(dev, non_blocking=True))
                 out, recon, extra, loss, lr, k = _step(cc, opt, params, x, step, since_fired, cfg, dist, k_aux_max,
                                                        where)
                 with torch.no_grad():

@@ -46,7 +46,7 @@ from lm_diff.plugins.manager import hook
 
 __all__ = ["ModelSource", "Pair", "check_pair", "crosscoder_pairs", "decoder_layers", "decoder_layers_path",
            "hidden_size", "layer_count", "layer_output", "load_model", "load_models", "load_tokenizer", "model_fingerprint",
-           "model_pair", "model_sources", "n_layers", "resolve_layers", "resolve_model_path"]
+           "model_pair", "model_sources", "n_layers", "require_pair", "resolve_layers", "resolve_model_path"]
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
@@ -95,7 +95,16 @@ class Pair:
         return {n: i for i, n in enumerate(self.names)}
 
 
+def require_pair(cfg: RunConfig) -> None:
+    """Refuse a config that names no model pair (no ``models:``): it would silently analyse the demo organisms."""
+    if not cfg.models_given:
+        raise UserError(f"{cfg.source or 'config'}: models is not set, so there is no pair to analyse; add "
+                        "models: {base: BASE, finetuned: FINETUNED} (hub ids or local folders), or models: demo to "
+                        "analyse the demo organisms (what lm-diff demo runs)")
+
+
 def model_pair(cfg: RunConfig) -> Pair:
+    require_pair(cfg)
     m = cfg.models
     if cfg.design == "anchored":
         specs, names = [m.anchor, m.base, m.finetuned], ["P", "A", "B"]

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -23,8 +22,9 @@ from lm_diff.bench.evaluate import reused_runs, run_configured
 from lm_diff.bench.render import format_of, strip_bos
 from lm_diff.bench.suites import bench_task_manager, task_categories, task_prompts
 from lm_diff.capture.activations import capture
-from lm_diff.capture.corpus import read_source
+from lm_diff.capture.corpus import read_corpus
 from lm_diff.capture.store import ActivationStore
+from lm_diff.capture.stream import ActivationStream
 from lm_diff.categorize.grounding import grounding_prompts
 from lm_diff.categorize.taxonomy import get_taxonomy
 from lm_diff.config import RunConfig
@@ -86,19 +86,6 @@ def eval_stage(cfg: RunConfig, pair: Pair, stages: Stages) -> dict[str, Path]:
 # Stage: capture
 
 
-def _corpus_docs(cfg: RunConfig, tokenizer: Any, budget: int) -> list[dict]:
-    """Documents of the configured corpus sources, each source filled to its weighted share of ``budget`` tokens."""
-    sources = cfg.capture.corpus
-    total_w = sum(s.weight for s in sources) or 1.0
-    docs: list[dict] = []
-    for k, src in enumerate(sources):
-        share = int(budget * src.weight / total_w)
-        docs.extend(read_source(src, tokenizer, share, seed=cfg.capture.seed + k, where=f"capture.corpus[{k}]"))
-    # Interleave sources so a truncated budget still sees every source.
-    random.Random(cfg.capture.seed).shuffle(docs)
-    return docs
-
-
 def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]]:
     """The capture corpus: benchmark prompts and grounding prompts first (always captured whole), then the corpus.
 
@@ -128,7 +115,8 @@ def capture_docs(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict]
             f"capture.max_tokens ({cfg.capture.max_tokens}) is used up by benchmark and grounding prompts ({used} tokens); "
             "raise capture.max_tokens or set benchmarks.limit"
         )
-    for d in _corpus_docs(cfg, tokenizer, budget):
+    corpus = read_corpus(cfg.capture.corpus, tokenizer, budget, cfg.capture.seed, used, cfg.crosscoder.batch_size)
+    for d in corpus:
         docs.append(d)
         index.append({"kind": "corpus", "source": d["source"]})
     return docs, index
@@ -145,8 +133,12 @@ def capture_key(cfg: RunConfig, fingerprints: Any) -> dict:
     """What the capture depends on: the models, layers, capture settings, benchmark selection, and the *contents* of
     the grounding prompts and taxonomy (editing the grounding file in place recomputes the capture)."""
     taxonomy = get_taxonomy(cfg)
+    capture_cfg = dataclasses.asdict(cfg.capture)
+    if not cfg.capture.streaming:  # the streaming keys leave the disk-store stages' keys (and caches) as they were
+        capture_cfg.pop("streaming")
+        capture_cfg.pop("stored_tokens")
     return {
-        "models": fingerprints, "layers": cfg.layers, "capture": dataclasses.asdict(cfg.capture),
+        "models": fingerprints, "layers": cfg.layers, "capture": capture_cfg,
         "bench": [cfg.benchmarks.tasks, cfg.benchmarks.limit, cfg.benchmarks.num_fewshot, cfg.benchmarks.apply_chat_template,
                   *([format_of(cfg.benchmarks).key()] if format_of(cfg.benchmarks).key() else [])],
         "grounding": cfg.categories.grounding, "taxonomy": cfg.categories.taxonomy,
@@ -165,12 +157,47 @@ def capture_stage(cfg: RunConfig, pair: Pair, stages: Stages, loaded: dict) -> t
         layers = resolve_layers(cfg.layers, layer_count(cfg, pair))
         docs, index = capture_docs(cfg, tok)
         write_text(d / "doc_index.jsonl", "".join(json.dumps(r) + "\n" for r in index))
-        store = capture(sources, tok, docs, layers, d / "store", cfg.capture, model_names=pair.names)
+        store = capture(sources, tok, docs, layers, d / "store", _stored(cfg, tok, docs, index), model_names=pair.names)
         s = ActivationStore(store)
         return {"store": str(store), "layers": layers, "tokens": s.n_tokens, "docs": len(docs)}
 
     d, summary = stages.run("capture", key, fn, label="paired activation capture")
     return d, summary["layers"]
+
+
+def _stored(cfg: RunConfig, tokenizer: Any, docs: list[dict], index: list[dict]) -> Any:
+    """The capture settings of the store on disk: all of ``capture`` by default; with ``capture.streaming`` the first
+    ``capture.stored_tokens`` (benchmark and grounding prompts, then the corpus): a prefix of the stream's tokens, same
+    order and document ids. The prompts the analysis reads must fit whole."""
+    c = cfg.capture
+    if not c.streaming:
+        return c
+    prompts = _count_tokens(tokenizer, [d["text"] for d, r in zip(docs, index) if r["kind"] != "corpus"])
+    if prompts >= c.stored_tokens:
+        raise UserError(f"capture.stored_tokens ({c.stored_tokens}) does not hold the benchmark and grounding prompts "
+                        f"({prompts} tokens) the analysis reads; raise capture.stored_tokens or set benchmarks.limit")
+    console.out().print(f"streaming: {min(c.stored_tokens, c.max_tokens):,} of {c.max_tokens:,} capture tokens go to "
+                        "disk for the analysis; training computes its activations on the fly")
+    return dataclasses.replace(c, max_tokens=min(c.stored_tokens, c.max_tokens))
+
+
+def activation_source(cfg: RunConfig, pair: Pair, capture_dir: Path, layers: list[int],
+                      loaded: dict) -> Callable[[], Any]:
+    """What training reads: the capture stage's store, or with ``capture.streaming`` an ``ActivationStream`` over the
+    whole capture corpus (every model resident; built on first use and shared by the run's crosscoders)."""
+    if not cfg.capture.streaming:
+        return lambda: ActivationStore(capture_dir / "store")
+    made: list[ActivationStream] = []
+
+    def stream() -> ActivationStream:
+        if not made:
+            tok = loaded.get("tokenizer") or load_tokenizer(cfg, pair)
+            docs, _ = capture_docs(cfg, tok)
+            sources = loaded["models"] if "models" in loaded else model_sources(cfg, pair)
+            made.append(ActivationStream(sources, tok, docs, layers, cfg.capture, model_names=pair.names))
+        return made[0]
+
+    return stream
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -187,11 +214,13 @@ def _train_spec(cfg: RunConfig, capture_dir: Path, layer: int, models: tuple[int
 
 
 def train_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, name: str, models: tuple[int, int],
-                seed: int, steps_fraction: float = 1.0, label: Optional[str] = None) -> Path:
+                seed: int, steps_fraction: float = 1.0, label: Optional[str] = None,
+                source: Optional[Callable[[], Any]] = None) -> Path:
+    """One crosscoder, trained on ``source()`` (default: the capture stage's store)."""
     xc, key = _train_spec(cfg, capture_dir, layer, models, seed, steps_fraction)
 
     def fn(d: Path) -> dict:
-        store = ActivationStore(capture_dir / "store")
+        store = source() if source is not None else ActivationStore(capture_dir / "store")
         train_crosscoder(store, xc, d / "crosscoder", models=models, layer=layer, progress=True)
         return {"crosscoder": str(d / "crosscoder"), "steps": xc.steps, "seed": seed, "models": list(models)}
 
@@ -200,17 +229,19 @@ def train_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, n
 
 
 def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
-                 jobs: list[tuple[str, tuple[int, int], int, float, str]]) -> list[Path]:
+                 jobs: list[tuple[str, tuple[int, int], int, float, str]],
+                 source: Optional[Callable[[], Any]] = None) -> list[Path]:
     """Train several crosscoders (``(name, models, seed, steps_fraction, label)`` each), in parallel worker processes
-    (:mod:`lm_diff.crosscoder.workers`) when more than one is pending and more than one worker is allowed; cached ones are
-    reused. Returns their ``crosscoder`` directories, in job order."""
+    (:mod:`lm_diff.crosscoder.workers`) when more than one is pending and more than one worker is allowed (never when
+    streaming: the stream holds every model in this process); cached ones are reused. Returns their ``crosscoder``
+    directories, in job order."""
     specs = [(_train_spec(cfg, capture_dir, layer, models, seed, frac), models, label)
              for _, models, seed, frac, label in jobs]
     dirs = [stages.dir("train", key) for (_, key), _, _ in specs]
     pending = [i for i, d in enumerate(dirs) if stages.done(d) is None]
-    workers = train_workers(cfg.crosscoder.workers, len(pending))
+    workers = 1 if cfg.capture.streaming else train_workers(cfg.crosscoder.workers, len(pending))
     if workers <= 1:
-        return [train_stage(cfg, stages, capture_dir, layer, name, models, seed, frac, label)
+        return [train_stage(cfg, stages, capture_dir, layer, name, models, seed, frac, label, source)
                 for name, models, seed, frac, label in jobs]
     con = console.out()
     for i, (_, _, label) in enumerate(specs):
@@ -229,6 +260,7 @@ def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """Run every stage for ``cfg`` into ``out`` and write the report; returns the report dict."""
     out = Path(out)
+    model_pair(cfg)  # a config without models is refused before anything is written
     with OutputLock(out):
         return _run(cfg, out, force)
 
@@ -250,7 +282,8 @@ def _run(cfg: RunConfig, out: Path, force: bool) -> dict:
         a = pair.index["A"]
         jobs.append(("AA", (a, a), cfg.controls.seeds[0], cfg.controls.identity_fraction,
                      f"identity control (A, A) layer {layer}"))
-    dirs = iter(train_stages(cfg, stages, capture_dir, layer, jobs))
+    dirs = iter(train_stages(cfg, stages, capture_dir, layer, jobs,
+                             activation_source(cfg, pair, capture_dir, layers, loaded)))
     crosscoders: dict[str, dict[int, Path]] = {}
     for name, _, s, _, _ in jobs[:len(jobs) - bool(cfg.controls.identity)]:
         crosscoders.setdefault(name, {})[s] = next(dirs)
@@ -308,7 +341,8 @@ def run_train_stage(cfg: RunConfig, out: Path) -> list[Path]:
         stages = Stages(Path(out))
         pair = model_pair(cfg)
         capture_dir, layers = capture_stage(cfg, pair, stages, {})
-        return [train_stage(cfg, stages, capture_dir, layers[0], name, models, cfg.controls.seeds[0])
+        source = activation_source(cfg, pair, capture_dir, layers, {})
+        return [train_stage(cfg, stages, capture_dir, layers[0], name, models, cfg.controls.seeds[0], source=source)
                 for name, models in crosscoder_pairs(cfg, pair).items()]
 
 

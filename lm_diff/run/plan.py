@@ -30,7 +30,7 @@ from lm_diff.capture.store import META_BYTES_PER_TOKEN
 from lm_diff.config import RunConfig
 from lm_diff.console import out
 from lm_diff.errors import UserError
-from lm_diff.models import resolve_layers
+from lm_diff.models import require_pair, resolve_layers
 
 # Architectures of configs/gemma.yaml (config.json values), so `plan` works offline without the weights.
 _GEMMA2_9B = {"model_type": "gemma2", "hidden_size": 3584, "num_hidden_layers": 42, "intermediate_size": 14336,
@@ -155,6 +155,7 @@ def plan(cfg: RunConfig, gpu: str = "h100", model_config: Optional[str] = None) 
     if gpu not in ACCELERATORS:
         raise UserError(f"--gpu {gpu!r}: choose one of {', '.join(ACCELERATORS)}")
     acc = ACCELERATORS[gpu]
+    require_pair(cfg)
     m = cfg.models
     specs = [m.anchor, m.base, m.finetuned] if cfg.design == "anchored" else [m.base, m.finetuned]
     arch = _arch_for(specs[0], model_config)

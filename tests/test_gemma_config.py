@@ -57,7 +57,7 @@ def test_gemma_anchored_dry_run_on_random_init_gemma2(tmp_path):
         "categories.grounding_per_category": 8,  # the real-language set (a non-organism pair), trimmed to fit
     })
     report = run(cfg, tmp_path / "run")
-    assert report["schema"] == "lm_diff.report/v1"
+    assert report["schema"] == "lm_diff.report/v2"
     stages = tmp_path / "run" / "stages"
     quality = json.loads((next(stages.glob("quality-*")) / "quality.json").read_text())
     assert set(quality["crosscoders"]) == {"PA", "PB"}

@@ -33,7 +33,7 @@ def test_report_files_and_schema(tiny_run):
     for name in ("report.json", "report.md", "report.html", "config.yaml"):
         assert (out / name).exists(), name
     data = json.loads((out / "report.json").read_text())
-    assert data["schema"] == "lm_diff.report/v1"
+    assert data["schema"] == "lm_diff.report/v2"
     assert "quality" in data and "controls" in data
     names = {c["name"] for c in data["categories"]}
     assert {"safety", "multilingual", "instruction_following", "code", "math"} <= names

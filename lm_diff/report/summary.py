@@ -79,10 +79,11 @@ def _finding(c: Mapping, alpha: float) -> Optional[str]:
         r = _f(ls.get("share_ratio"))
         ratio = f"share ratio {_pct(r)} {_ratio_ci(ls)}" if r is not None else "share ratio unbounded"
         verdict = "" if s else " (not significant)"
-        parts.append(f"{n_s} fine-tune-specific {name} latents vs {n_t} base-specific, {ratio}, q {_q(ls.get('q_value'))}{verdict}")
+        parts.append(f"{n_s} fine-tune-specific {name} latent{'s' * (n_s != 1)} vs {n_t} base-specific, {ratio}, "
+                     f"q {_q(ls.get('q_value'))}{verdict}")
     frac = _f(causal.get("fraction"))
     if frac is not None and g:
-        parts.append(f"ablating them closes {100 * frac:.0f} % of the gap")
+        parts.append(f"ablating them closes {f'{100 * frac:.0f}'.replace('-0', '0')} % of the gap")
     return "; ".join(parts) + "."
 
 

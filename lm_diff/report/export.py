@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from lm_diff.io import write_text
 from lm_diff.link.table import as_float as _f
@@ -75,6 +75,8 @@ def neuronpedia_batches(report: Mapping) -> dict[str, dict]:
                 roles.append(r)
     run = report.get("run") or {}
     models = run.get("models") or {}
+    if not roles and cards:  # no per-model data recorded: one batch per model of the run, without output tokens
+        roles = [r for r in ("A", "B") if models.get(r)] or ["B"]
     layer = (run.get("layers") or [None])[0]
     return {r: {"model_id": str(models.get(r) or r), "layer": layer, "sae_set": SAE_SET,
                 "features": [_feature(c, r) for c in cards]} for r in roles}

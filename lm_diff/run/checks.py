@@ -186,7 +186,9 @@ def write_examples(cfg: RunConfig, store: Any, layer: int, out: Path, triples, p
                 "n_tokens": e.get("n_tokens"), "act_hist": e.get("act_hist"),
                 "decoder_norms": {r: round(float(norms[j, s]), 5) for s, r in enumerate(roles)},
                 "mean_act": float(t.at[j, "mean_act"]) if "mean_act" in t.columns else None,
-                "logits": logits.get((set_name, int(j))) or {},
+                # a dedicated latent has no decoder direction in one model: no output tokens there
+                "logits": {r: lg for r, lg in (logits.get((set_name, int(j))) or {}).items()
+                           if float(norms[j, roles.index(r)]) > 0} if pair is not None else {},
                 "examples": [_window(w) for w in wins]}, ensure_ascii=False))
     write_text(out / "examples.jsonl", "\n".join(lines) + ("\n" if lines else ""))
 

@@ -74,3 +74,22 @@ def test_summary_sentences_from_numbers():
 def test_markdown_cells_escape_tags_not_comparisons():
     assert _md_cell("ev >= 0.7 | a < 2 | a<b") == "ev >= 0.7 \\| a < 2 \\| a\\<b"
     assert _md_cell("</table><script>x") == "\\</table>\\<script>x"
+
+
+def test_lm_eval_loaded_model_notes_filtered_and_training_status_line(caplog):
+    import logging
+
+    from lm_diff.bench.evaluate import _quiet_loaded_model
+    from lm_diff.crosscoder.workers import status_line
+
+    log = logging.getLogger("lm_eval.models.huggingface")
+    with caplog.at_level(logging.WARNING, logger="lm_eval.models.huggingface"):
+        with _quiet_loaded_model():
+            log.warning("`pretrained` model kwarg is not of type `str`. Many other model arguments may be ignored.")
+            log.warning("Passed an already-initialized model through `pretrained`, assuming single-process call")
+            log.warning("something else")
+        log.warning("`pretrained` model kwarg is not of type `str`. (outside lm_diff's call)")
+    assert [r.getMessage()[:14] for r in caplog.records] == ["something else", "`pretrained` m"]
+    rec = {"step": 119, "loss": 0.01234, "l0": 8.0, "ev": [0.81, 0.79]}
+    assert status_line("AB seed 0", 300, rec) == "AB seed 0: step 120/300  loss 0.01234  L0 8.0  EV 0.810 0.790"
+    assert status_line("AB seed 0", 300, {}) == "AB seed 0: starting (0/300)"

@@ -42,12 +42,17 @@ def agreement_label(a: Any) -> str:
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 
 
-def _md_cell(x: Any) -> str:
-    """Plain Markdown text on one line: pipes and backslashes escaped, and a ``<`` that could open an HTML tag written
-    as ``\\<`` (a Markdown escape, not an HTML entity), so dataset text never becomes markup."""
+def _md_text(x: Any) -> str:
+    """Plain Markdown text on one line: backslashes escaped, and a ``<`` that could open an HTML tag written as
+    ``\\<`` (a Markdown escape, not an HTML entity), so dataset text never becomes markup."""
     s = "" if x is None else str(x)
-    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    s = s.replace("\\", "\\\\").replace("\n", " ").replace("\r", " ")
     return _TAG_START.sub(r"\\<", s)
+
+
+def _md_cell(x: Any) -> str:
+    """:func:`_md_text` for a table cell: pipes escaped too."""
+    return _md_text(x).replace("|", "\\|")
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -129,7 +134,7 @@ def _example_md(e: Mapping, top: float) -> str:
         text = "".join(f"⟦{t}⟧" if top > 0 and a >= top / 2 else t for t, a in zip(toks, acts))
     else:
         text = e.get("text") or ""
-    return f"- {fmt_num(e.get('act'), 2)}: {_md_cell(text)}"
+    return f"- {fmt_num(e.get('act'), 2)}: {_md_text(text)}"
 
 
 def cards_markdown(cards: Sequence[Mapping], per_set: int, n_examples: int = 2) -> list[str]:
@@ -169,13 +174,13 @@ def to_markdown(report: dict, cards_per_set: Optional[int] = None) -> str:
     s = report.get("summary") or {}
     L += ["## Summary", ""]
     if s.get("overall"):
-        L += [f"**{_md_cell(s['overall'])}**", ""]
-    L += [f"- {_md_cell(f)}" for f in s.get("findings") or []] + [""]
+        L += [f"**{_md_text(s['overall'])}**", ""]
+    L += [f"- {_md_text(f)}" for f in s.get("findings") or []] + [""]
     for k in ("unsupported", "organism"):
         if s.get(k):
-            L += [_md_cell(s[k]), ""]
+            L += [_md_text(s[k]), ""]
     L += ["## Quality and controls", ""]
-    L += [f"- {_md_cell(s[k])}" for k in ("quality", "controls") if s.get(k)] + [""]
+    L += [f"- {_md_text(s[k])}" for k in ("quality", "controls") if s.get(k)] + [""]
     L += gates_lines(report) + [""]
     L += ["## Categories", ""] + md_table(CATEGORY_HEADERS, category_rows(report)) + [""]
     if report["tasks"]:
@@ -196,7 +201,7 @@ def to_markdown(report: dict, cards_per_set: Optional[int] = None) -> str:
         org = report["organism"]
         L += ["## Model organism", "", f"Planted: {_md_cell(', '.join(c['name'] for c in report['categories'] if c.get('planted')))}; "
               f"top-ranked category: {_md_cell(org.get('top_category'))}; recovered: {org.get('recovered')}", ""]
-    L += ["## Caveats", ""] + [f"- {_md_cell(c)}" for c in report["caveats"]] + [""]
+    L += ["## Caveats", ""] + [f"- {_md_text(c)}" for c in report["caveats"]] + [""]
     for sec in report.get("sections") or []:
         L += [f"## {_md_cell(sec['title'])}", "", sec["markdown"], ""]
     if report.get("controls"):

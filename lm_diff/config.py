@@ -124,12 +124,12 @@ class GatesConfig:
 
 @dataclass
 class ReportConfig:
-    formats: list[str] = field(default_factory=lambda: ["json", "md", "html"])
-    """Report writers to run (plugins may add more)."""
+    formats: list[str] = field(default_factory=lambda: ["json", "md", "html", "neuronpedia"])
+    """Report writers to run (neuronpedia: the latent export; plugins may add more)."""
     latent_cards: int = 12
-    """Latent cards shown in the report."""
+    """Latent cards per set in report.md (report.html shows every categorised latent)."""
     card_examples: int = 5
-    """Top examples per latent card."""
+    """Top examples per latent (quantile-sampled ones come in addition)."""
     gates: GatesConfig = field(default_factory=GatesConfig)
     """Quality gates; a failing gate marks the run low-confidence."""
 

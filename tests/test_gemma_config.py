@@ -86,7 +86,7 @@ def test_gemma_anchored_dry_run_on_random_init_gemma2(tmp_path):
     assert not list((tmp_path / "refused" / "stages").glob("*/DONE.json"))
     cfg.benchmarks.confirm_run_unsafe_code = True
     report = run(cfg, tmp_path / "run")
-    assert report["schema"] == "lm_diff.report/v1"
+    assert report["schema"] == "lm_diff.report/v2"
     assert "tiny_code_exec" in json.dumps(report["tasks"])
     stages = tmp_path / "run" / "stages"
     quality = json.loads((next(stages.glob("quality-*")) / "quality.json").read_text())

@@ -134,7 +134,7 @@ def test_hook_lm_diff_report_writers(register, tmp_path):
 
     register(P(), "t-writers")
     paths = write_report(build_report(), tmp_path, ["txt", "json"])
-    assert paths["txt"].read_text() == "lm_diff.report/v1"
+    assert paths["txt"].read_text() == "lm_diff.report/v2"
     assert (tmp_path / "report.json").exists()
 
 

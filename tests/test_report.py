@@ -18,7 +18,9 @@ from lm_diff.config import RunConfig
 from lm_diff.errors import UserError
 from lm_diff.plugins import manager as plugins
 from lm_diff.report.build import SCHEMA, _composition_caveats, build_report, quality_section, seed_signs
-from lm_diff.report.html import bar_chart_ci
+from lm_diff.report.charts import category_chart
+from lm_diff.report.export import neuronpedia_batches
+from lm_diff.report.html import _script, script_hash
 from lm_diff.report.markdown import _seed_cell
 from lm_diff.report.terminal import print_summary
 from lm_diff.report.writers import write_report
@@ -69,29 +71,39 @@ def test_schema_top_level(full):
     assert s["planted"] is None
     assert rep["quality"]["passed"] is True and rep["quality"]["low_confidence"] is False
     assert rep["selection_counts"]["B_delta"] == 14
-    assert rep["latent_cards"] and all(len(c["examples"]) <= 5 for c in rep["latent_cards"])
+    cards = rep["latent_cards"]
+    assert cards and all(c["examples"] and c["no_examples"] is None and c["category"] for c in cards)
+    assert {c["set"] for c in cards} == {"S", "T"}
+    assert rep["summary"]["findings"] and rep["summary"]["quality"].startswith("Quality gates: all")
     assert {t["name"] for t in rep["tasks"]} == set(MF.TASKS)
     # the json on disk is the same dict (strict JSON: no NaN)
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["schema"] == SCHEMA and len(on_disk["categories"]) == len(rep["categories"])
 
 
-def test_markdown_gates_first(full):
-    _, out = full
+def test_markdown_order_plain_and_escaped(full):
+    rep, out = full
     md = (out / "report.md").read_text()
-    assert md.index("## Quality gates") < md.index("## Categories") < md.index("## Tasks")
-    assert "<script>" not in md
+    order = ["## Summary", "## Quality and controls", "## Categories", "## Tasks", "## Latents", "## Caveats"]
+    assert [md.index(h) for h in order] == sorted(md.index(h) for h in order)
+    assert rep["summary"]["findings"][0].replace("|", "\\|") in md
+    assert not re.search(r"(?<!\\)<script", md) and "\\<script>alert(0)\\</script>" in md  # a Markdown escape
+    assert "&lt;" not in md and "&gt;" not in md and "&amp;" not in md  # no HTML entities (">= 0.7" stays as is)
+    assert ">= 0.7" in md and '"per_seed"' not in md  # raw controls stay in report.json
 
 
 def test_html_self_contained_and_escaped(full):
     _, out = full
     html = (out / "report.html").read_text()
-    assert html.count("<svg") >= 4  # category bars x2, task bars, histogram, scatter
-    assert "<script" not in html.lower()
-    assert "&lt;script&gt;alert(0)&lt;/script&gt;" in html
+    assert html.count("<svg") >= 4  # category chart, task bars, histogram, scatter, activation histograms
+    # one script, ours, allowed by its hash; dataset text is escaped
+    assert html.lower().count("<script") == 1 and f"script-src '{script_hash(_script())}'" in html
+    assert "&lt;script&gt;alert(0)&lt;/script&gt;" in html and "<script>alert" not in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "<link" not in html
-    assert html.index("Quality gates") < html.index("Categories")
+    ids = ["summary", "verdicts", "categories", "tasks", "latents", "caveats", "controls"]
+    assert [html.index(f'<section id="{i}"') for i in ids] == sorted(html.index(f'<section id="{i}"') for i in ids)
+    assert html.index("<details><summary>controls as in report.json") > html.index('<section id="controls"')
 
 
 def test_quality_gates_fail_low_confidence():
@@ -173,11 +185,15 @@ def test_writers_hook_sections_and_unknown_format(tmp_path, monkeypatch):
         plugins.reset_plugin_manager()
 
 
-def test_terminal_summary(full):
+def test_terminal_summary_fits_80_columns(full):
     buf = StringIO()
-    print_summary(full[0], Console(file=buf, width=160))
+    rep = json.loads(json.dumps(full[0]))
+    rep["categories"][0]["name"] = "instruction_following"  # the longest built-in name, in full
+    print_summary(rep, Console(file=buf, width=80))
     text = buf.getvalue()
-    assert "quality gates: PASS" in text and "safety" in text
+    assert "quality gates: PASS" in text and "instruction_following" in text and "…" not in text
+    assert text.index(rep["summary"]["findings"][0][:30]) < text.index("quality gates")  # the summary comes first
+    assert max(len(line) for line in text.splitlines()) <= 80
 
 
 def test_html_renders_headless(full, tmp_path):
@@ -222,8 +238,34 @@ def test_composition_caveat():
     assert _composition_caveats([{"name": "code", "latent_shift": {"n_S": 3, "n_T": 9, "N_S": 10, "N_T": 9}}]) == []  # T is all code
 
 
-def test_share_ratio_chart_draws_unbounded_ci_dashed():
-    svg = bar_chart_ci([{"label": "a", "value": 2.0, "lo": 0.3, "hi": None}, {"label": "b", "value": 0.5, "lo": -0.2, "hi": 1.0}],
-                       "t", log_ratio=True)
-    assert svg.count("stroke-dasharray") == 1 and "a: CI unbounded above" in svg
-    assert "stroke-dasharray" not in bar_chart_ci([{"label": "a", "value": 2.0, "lo": 0.3, "hi": None}], "t")  # not a ratio chart
+def test_category_chart_is_honest():
+    cats = [{"name": "a", "latent_shift": {"share_ratio": 2.0, "ci_low": 0.3, "ci_high": None, "q_value": 0.01, "n_S": 9, "n_T": 2}},
+            {"name": "b", "latent_shift": {"share_ratio": 0.5, "ci_low": -0.2, "ci_high": 1.0, "q_value": 0.4, "n_S": 5, "n_T": 5}},
+            {"name": "math", "latent_shift": {"share_ratio": -1.0, "ci_low": -1.0, "ci_high": -1.0, "q_value": 0.35,
+                                              "n_S": 0, "n_T": 3, "insufficient": True},
+             "score_gap": {"delta": 2.0, "ci_low": 0.0, "ci_high": 6.0}}]
+    svg = category_chart(cats)
+    rows = re.findall(r'<g class="row" data-category="(\w+)" data-insufficient="(\d)">(.*?)</g>(?=<g class="row"|</svg>)', svg, re.S)
+    by = {n: (flag, body) for n, flag, body in rows}
+    assert by["math"][0] == "1" and "bar ratio" not in by["math"][1] and "insufficient (0 vs 3 latents)" in by["math"][1]
+    assert 'class="bar ratio"' in by["a"][1] and "stroke-dasharray" in by["a"][1]  # unbounded above: dashed to the edge
+    assert "stroke-dasharray" not in by["b"][1]
+    assert "#2b8a3e" in by["a"][1] and "#2b8a3e" not in by["b"][1] and "#c92a2a" not in by["b"][1]  # colour = significant
+    assert "×0.5" in svg and "×2" in svg and "×10" in svg and "%" not in svg
+
+
+def test_neuronpedia_export_well_formed(full):
+    rep, out = full
+    batches = neuronpedia_batches(rep)
+    on_disk = {p.parent.name: json.loads(p.read_text()) for p in (out / "neuronpedia").glob("*/batch-0.json")}
+    assert on_disk == json.loads(json.dumps(batches)) and on_disk
+    for batch in on_disk.values():
+        assert {"model_id", "layer", "sae_set", "features"} <= set(batch)
+        assert [f["feature_index"] for f in batch["features"]] == [c["latent"] for c in rep["latent_cards"]]
+        for f in batch["features"]:
+            assert len(f["pos_str"]) == len(f["pos_values"]) and len(f["neg_str"]) == len(f["neg_values"])
+            assert len(f["freq_hist_data_bar_heights"]) == len(f["freq_hist_data_bar_values"])
+            assert 0 <= f["frac_nonzero"] <= 1 and f["activations"]
+            for a in f["activations"]:
+                assert len(a["tokens"]) == len(a["values"]) and 0 <= a["qualifying_token_index"] < len(a["tokens"])
+                assert a["values"][a["qualifying_token_index"]] == max(a["values"])

@@ -188,7 +188,7 @@ def run_lm_eval(
     if not env_info:
         quiet.enter_context(mock.patch("lm_eval.evaluator.add_env_info", lambda results: None))
         quiet.enter_context(mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None))
-    with quiet, _unsafe_code_message():
+    with quiet, _quiet_loaded_model(), _unsafe_code_message():
         results = simple_evaluate(
             model=model,
             model_args=lm_args,
@@ -210,6 +210,27 @@ def run_lm_eval(
     write_run(results, Path(out_dir), model_name=str(pretrained))
     log.info("lm-eval run written to %s", out_dir)
     return Path(out_dir)
+
+
+_LOADED_MODEL_NOTES = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model through")
+
+
+class _DropLoadedModelNotes(logging.Filter):
+    """lm-eval's HFLM warns twice per run when it is handed a loaded model, which lm_diff does on purpose (causal
+    check: the model with its ablation hooks); the notes say nothing to an lm_diff user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_LOADED_MODEL_NOTES)
+
+
+@contextlib.contextmanager
+def _quiet_loaded_model():
+    flt, logger = _DropLoadedModelNotes(), logging.getLogger("lm_eval.models.huggingface")
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
 
 
 @contextlib.contextmanager

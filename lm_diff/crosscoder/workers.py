@@ -34,6 +34,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lm_diff.capture.store import ActivationStore
+from lm_diff.console import LOG_EVERY_S
 from lm_diff.crosscoder.train import train_crosscoder
 
 PR_SET_PDEATHSIG = 1   # linux/prctl.h
@@ -84,8 +85,8 @@ def worker_pool(workers: int) -> cf.ProcessPoolExecutor:
                                   initializer=die_with_parent, initargs=(os.getpid(),))
 
 
-def last_step(log: Path) -> int:
-    """Steps done according to a training log (its last complete line), 0 if none yet."""
+def last_record(log: Path) -> dict:
+    """The last complete line of a training log ({} if none yet)."""
     try:
         with open(log, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -93,10 +94,29 @@ def last_step(log: Path) -> int:
             lines = fh.read().split(b"\n")
         for line in reversed(lines[:-1] if len(lines) > 1 else lines):
             if line.strip():
-                return int(json.loads(line)["step"]) + 1
-    except (OSError, ValueError, KeyError):
+                rec = json.loads(line)
+                return rec if isinstance(rec, dict) and "step" in rec else {}
+    except (OSError, ValueError):
         pass
-    return 0
+    return {}
+
+
+def last_step(log: Path) -> int:
+    """Steps done according to a training log (its last complete line), 0 if none yet."""
+    rec = last_record(log)
+    try:
+        return int(rec["step"]) + 1 if rec else 0
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def status_line(label: str, steps: int, rec: dict) -> str:
+    """One plain progress line of a training job: step, loss, L0, EV (for logs without a terminal)."""
+    if not rec:
+        return f"{label}: starting (0/{steps})"
+    ev = " ".join(f"{v:.3f}" for v in rec.get("ev") or [])
+    return (f"{label}: step {int(rec['step']) + 1}/{steps}  loss {float(rec.get('loss', float('nan'))):.4g}  "
+            f"L0 {float(rec.get('l0', float('nan'))):.1f}  EV {ev}")
 
 
 def train_workers(requested: int, pending: int) -> int:
@@ -124,11 +144,20 @@ def run_train_jobs(jobs: list[TrainJob], store_dir: Path, layer: int, workers: i
                               layer, threads)
             futures[fut] = (job, task)
         waiting = set(futures)
+        plain = not getattr(console, "is_terminal", True)  # a log file: rich draws the bars only at the end
+        said = time.monotonic()
         try:
             while waiting:
                 finished, waiting = cf.wait(waiting, timeout=0.5)
                 for job, task in futures.values():
                     bar.update(task, completed=last_step(job.stage_dir / "crosscoder" / "train_log.jsonl"))
+                if plain and time.monotonic() - said >= LOG_EVERY_S:
+                    said = time.monotonic()
+                    for fut, (job, _) in futures.items():
+                        if fut in waiting:
+                            console.print(status_line(job.label, job.config.steps,
+                                                      last_record(job.stage_dir / "crosscoder" / "train_log.jsonl")),
+                                          highlight=False)
                 for fut in finished:
                     job, task = futures[fut]
                     seconds = fut.result()

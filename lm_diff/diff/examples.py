@@ -13,6 +13,7 @@ Two streamed passes over the store:
 Output (also the input format of ``lm_diff.categorize.annotate.annotate_latents``)::
 
     examples[latent] = {"latent": j, "layer": ..., "max_act": float, "n_active": int, "n_tokens": int,
+                        "act_hist": {"edges": [...], "counts": [...]},   # nonzero activations, sampled
                         "activating": [ {kind: "top"|"quantile", quantile, doc_id, position, token_ids, tokens,
                                          text, acts, max_act}, ... ]   # sorted by max_act, descending
                         "non_activating": [ {kind: "random", ...same fields...}, ... ]}
@@ -74,10 +75,13 @@ def collect_examples(
     reservoir: int = 2000,
     seed: int = 0,
     progress: bool = False,
+    hist_bins: int = 20,
 ) -> dict[int, dict[str, Any]]:
     """Top-n max-activating windows, ``per_quantile`` windows from each of ``n_quantiles`` activation quantiles, and
     ``n_random`` random non-activating windows per latent (defaults from ``DiffConfig``: top_examples, quantiles,
-    random_examples, window). The store must yield ``doc_id``, ``position`` and ``token_id`` metadata."""
+    random_examples, window). The store must yield ``doc_id``, ``position`` and ``token_id`` metadata. ``act_hist``
+    is a ``hist_bins``-bin histogram of the latent's nonzero activations (from the uniform reservoir of activating
+    tokens, so its counts are a sample of at most ``reservoir``; ``n_active`` is the exact count)."""
     n_top = int(n_top if n_top is not None else getattr(cfg, "top_examples", 100))
     n_q = int(n_quantiles if n_quantiles is not None else getattr(cfg, "quantiles", 10))
     n_rand = int(n_random if n_random is not None else getattr(cfg, "random_examples", 50))
@@ -127,6 +131,7 @@ def collect_examples(
     rng = np.random.default_rng(seed)
     chosen: list[tuple[int, int, str, Optional[int]]] = []
     left = window * 3 // 4
+    hists: list[dict[str, list]] = []
     for r in range(K):
         kept: list[int] = []
         for v, key in zip(top_v[r].tolist(), top_k[r].tolist()):
@@ -139,6 +144,8 @@ def collect_examples(
         chosen += [(r, k, "top", None) for k in kept]
         ok = torch.isfinite(q_p[r])
         vals, ks = q_v[r][ok].numpy(), q_k[r][ok].numpy()
+        counts, edges = np.histogram(vals, bins=hist_bins, range=(0.0, float(vals.max()) if len(vals) else 1.0))
+        hists.append({"edges": [round(float(x), 4) for x in edges], "counts": counts.tolist()})
         if len(vals) and n_q > 0:
             edges = np.quantile(vals, np.linspace(0, 1, n_q + 1))
             bins = np.clip(np.searchsorted(edges, vals, side="right") - 1, 0, n_q - 1)
@@ -200,6 +207,7 @@ def collect_examples(
             "max_act": float(max_act[r]),
             "n_active": int(n_active[r]),
             "n_tokens": int(n_tokens),
+            "act_hist": hists[r],
             "activating": [],
             "non_activating": [],
         }

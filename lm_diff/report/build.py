@@ -1,4 +1,4 @@
-"""The combined report: a versioned JSON-able dict (schema ``lm_diff.report/v1``, see docs/report_schema.md).
+"""The combined report: a versioned JSON-able dict (schema ``lm_diff.report/v2``, see docs/report_schema.md).
 
 ``build_report(...)`` assembles the dict from the stage outputs (the link stage's category rows, the score gaps, the
 quality metrics, controls, latents and cards); it only arranges and annotates, it computes no linkage.
@@ -23,13 +23,15 @@ from lm_diff.link.table import as_float as _f
 from lm_diff.link.table import clean as _clean
 from lm_diff.link.table import records as _records
 from lm_diff.plugins.manager import hook
+from lm_diff.report.cards import latent_cards
 from lm_diff.report.markdown import to_markdown
+from lm_diff.report.summary import build_summary
 from lm_diff.report.writers import write_report
 
 __all__ = ["SCHEMA", "build_report", "quality_section", "latent_summary", "selection_counts", "seed_signs",
            "collect_sections", "to_markdown", "write_report"]
 
-SCHEMA = "lm_diff.report/v1"
+SCHEMA = "lm_diff.report/v2"
 
 def _cfg_get(config: Any, dotted: str, default: Any = None) -> Any:
     obj = config
@@ -168,28 +170,6 @@ def selection_counts(latents: Optional[pd.DataFrame], diff_cfg: Any = None) -> d
     return out
 
 
-def _cards(cards: Any, latents: Optional[pd.DataFrame], n_cards: int, n_examples: int) -> list[dict]:
-    recs = _records(cards)
-    info = {}
-    if latents is not None and len(latents) and "latent" in latents.columns:
-        keep = [c for c in ("delta_norm", "nu_eps", "nu_r", "category", "set", "freq", "max_act", "tag") if c in latents.columns]
-        for _, r in latents.iterrows():
-            info[(int(r["latent"]), _clean(r.get("set")))] = {k: _clean(r[k]) for k in keep}
-    out = []
-    for c in recs[:n_cards]:
-        key = (int(c["latent"]), c.get("set"))
-        base = dict(info.get(key) or info.get((key[0], None)) or {})
-        if not base:
-            base = next((v for (j, _s), v in info.items() if j == key[0]), {})
-        base.update({k: v for k, v in c.items() if v is not None})
-        ex = base.get("examples") or []
-        base["examples"] = [e if isinstance(e, Mapping) else {"text": str(e)} for e in ex][:n_examples]
-        for k in ("delta_norm", "nu_eps", "nu_r", "category", "set"):
-            base.setdefault(k, None)
-        out.append(base)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Caveats
 
@@ -286,7 +266,7 @@ def build_report(
     meta: Optional[Mapping] = None,
     sections: bool = True,
 ) -> dict:
-    """Assemble the report dict (schema ``lm_diff.report/v1``; docs/report_schema.md).
+    """Assemble the report dict (schema ``lm_diff.report/v2``; docs/report_schema.md).
 
     - ``config``: the RunConfig (or None: defaults); ``quality``: {"models": {"A": {...}, "B": {...}}}; ``controls``:
       free-form dict of control results (``identity.passed`` feeds the gates).
@@ -294,7 +274,8 @@ def build_report(
       score_gap, exposure, association, causal, agreement).
     - ``scores``: ``join.score_gaps`` records; the overall and task rows are shown (category rows come via ``linked``).
     - ``latents``: per-latent table (latent, delta_norm, set, nu_eps, nu_r, selected, category, ...);
-      ``cards``: [{latent, set?, examples: [{text, act}]}] (other fields are filled from ``latents``).
+      ``cards``: [{latent, set?, examples: [{text, act, tokens, acts}], ...examples-stage fields}] in display order
+      (other fields are filled from ``latents``; :mod:`lm_diff.report.cards`).
     - ``organism``: the organism manifest ({"name", "planted": ...}) when the model pair is a model organism.
     - ``meta``: {"title", "models": {"A", "B"}, "paths", ...} kept under ``run``; ``meta["selection_counts"]`` overrides
       the counts derived from ``latents``.
@@ -341,6 +322,7 @@ def build_report(
     ranked = sorted((c for c in categories if c["name"] != "unassigned"), key=rank_key)
     report: dict[str, Any] = {
         "schema": SCHEMA,
+        "summary": None,
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "lm_diff_version": __version__,
         "title": meta.pop("title", None) or f"lm_diff report: {_cfg_get(config, 'name', 'run')}",
@@ -361,7 +343,7 @@ def build_report(
         "tasks": [{k: r.get(k) for k in ("name", "category", "metric", "n", "score_a", "score_b", "delta", "ci_low", "ci_high",
                                          "p_value", "flips_up", "flips_down", "unit")} for r in task_rows],
         "latent_summary": latent_summary(latents, _cfg_get(config, "diff")),
-        "latent_cards": _cards(cards, latents, int(_cfg_get(config, "report.latent_cards", 12)), int(_cfg_get(config, "report.card_examples", 5))),
+        "latent_cards": latent_cards(cards, latents),
         "selection_counts": _clean(meta.get("selection_counts") or selection_counts(latents, _cfg_get(config, "diff"))),
         "organism": _clean(dict(organism)) if organism else None,
         "caveats": [],
@@ -372,6 +354,7 @@ def build_report(
         report["organism"]["recovered"] = top in planted if top else None
         report["organism"]["top_category"] = top
     report["caveats"] = _caveats(report, config)
+    report["summary"] = build_summary(report, alpha=1 - float(_cfg_get(config, "stats.confidence", 0.95)))
     if sections:
         report["sections"] = collect_sections(report)
     return report

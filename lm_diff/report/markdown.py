@@ -3,7 +3,7 @@ and terminal views, and the CI job summary."""
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -39,9 +39,20 @@ def agreement_label(a: Any) -> str:
     return {True: "agree", False: "disagree"}.get(a, "n.s.")
 
 
-def _md_cell(x: Any) -> str:
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def _md_text(x: Any) -> str:
+    """Plain Markdown text on one line: backslashes escaped, and a ``<`` that could open an HTML tag written as
+    ``\\<`` (a Markdown escape, not an HTML entity), so dataset text never becomes markup."""
     s = "" if x is None else str(x)
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ").replace("<", "&lt;").replace(">", "&gt;")
+    s = s.replace("\\", "\\\\").replace("\n", " ").replace("\r", " ")
+    return _TAG_START.sub(r"\\<", s)
+
+
+def _md_cell(x: Any) -> str:
+    """:func:`_md_text` for a table cell: pipes escaped too."""
+    return _md_text(x).replace("|", "\\|")
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -116,18 +127,61 @@ CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "share ratio [CI]", "count
                     "assoc. r (p)", "causal frac.", "seeds", "sign"]
 
 
-def to_markdown(report: dict) -> str:
-    """The Markdown report (quality gates first)."""
+def _example_md(e: Mapping, top: float) -> str:
+    """One example window; tokens at half the latent's maximum activation or more are wrapped in ⟦ ⟧."""
+    toks, acts = e.get("tokens") or [], e.get("acts") or []
+    if toks and len(toks) == len(acts):
+        text = "".join(f"⟦{t}⟧" if top > 0 and a >= top / 2 else t for t, a in zip(toks, acts))
+    else:
+        text = e.get("text") or ""
+    return f"- {fmt_num(e.get('act'), 2)}: {_md_text(text)}"
+
+
+def cards_markdown(cards: Sequence[Mapping], per_set: int, n_examples: int = 2) -> list[str]:
+    """The ``per_set`` first latent cards of S and of T, ``n_examples`` examples each (report.html has them all)."""
+    L = []
+    for set_name in ("S", "T"):
+        shown = [c for c in cards if c.get("set") == set_name][:per_set]
+        total = sum(c.get("set") == set_name for c in cards)
+        if not shown:
+            continue
+        word = "fine-tune-specific" if set_name == "S" else "comparison"
+        L += [f"### {set_name} ({word}): {len(shown)} of {total} latents", ""]
+        for c in shown:
+            cats = ", ".join(e.get("category") for e in c.get("categories") or [] if e.get("category")) or c.get("category") or "unassigned"
+            L.append(f"**Latent {c['latent']}** ({_md_cell(cats)}): Δnorm {fmt_num(c.get('delta_norm'), 3)}, "
+                     f"ν^ε {fmt_num(c.get('nu_eps'), 3)}, ν^r {fmt_num(c.get('nu_r'), 3)}")
+            L.append("")
+            ex = c.get("examples") or []
+            top = max([_f(c.get("max_act")) or 0.0] + [a for e in ex for a in e.get("acts") or []])
+            L += [_example_md(e, top) for e in ex[:n_examples]] or [f"- no examples: {_md_cell(c.get('no_examples'))}"]
+            L.append("")
+    return L
+
+
+def to_markdown(report: dict, cards_per_set: Optional[int] = None) -> str:
+    """The Markdown report, in the HTML report's order: summary, quality and controls, categories, tasks, latents,
+    organism, caveats. Plain Markdown (no HTML); the raw controls stay in report.json. ``cards_per_set``: latent
+    cards shown per set (default ``report.latent_cards`` of the run's config)."""
+    if cards_per_set is None:
+        cfg = ((report.get("run") or {}).get("config") or {}).get("report") or {}
+        cards_per_set = int(cfg.get("latent_cards", 12))
     L = [f"# {_md_cell(report['title'])}", ""]
     models = (report.get("run") or {}).get("models") or {}
     if models:
         L.append("Models: " + ", ".join(f"**{k}** = `{_md_cell(v)}`" for k, v in models.items() if v))
         L.append("")
-    L += ["## Quality gates", ""] + gates_lines(report) + [""]
-    o = report.get("overall")
-    if o:
-        L += ["## Overall", "", f"Δscore (B − A) = **{fmt_num(o['delta'], 1, True)} points** {fmt_ci(o['ci_low'], o['ci_high'])} "
-              f"over {o['n']} documents (A {fmt_num(o['score_a'])}, B {fmt_num(o['score_b'])}; p {fmt_p(o.get('p_value'))}).", ""]
+    s = report.get("summary") or {}
+    L += ["## Summary", ""]
+    if s.get("overall"):
+        L += [f"**{_md_text(s['overall'])}**", ""]
+    L += [f"- {_md_text(f)}" for f in s.get("findings") or []] + [""]
+    for k in ("unsupported", "organism"):
+        if s.get(k):
+            L += [_md_text(s[k]), ""]
+    L += ["## Quality and controls", ""]
+    L += [f"- {_md_text(s[k])}" for k in ("quality", "controls") if s.get(k)] + [""]
+    L += gates_lines(report) + [""]
     L += ["## Categories", ""] + md_table(CATEGORY_HEADERS, category_rows(report)) + [""]
     if report["tasks"]:
         L += ["## Tasks", ""]
@@ -135,27 +189,24 @@ def to_markdown(report: dict) -> str:
                        [[t["name"], t.get("category"), t.get("metric"), t.get("n"), fmt_num(t.get("score_a")), fmt_num(t.get("score_b")),
                          fmt_num(t.get("delta"), 1, True), fmt_ci(t.get("ci_low"), t.get("ci_high")), fmt_p(t.get("p_value"))] for t in report["tasks"]])
         L.append("")
-    if report.get("selection_counts"):
-        L += ["## Selection counts", ""] + md_table(["stage", "count"], list(report["selection_counts"].items())) + [""]
+    if report.get("latent_cards") or report.get("selection_counts"):
+        L += ["## Latents", ""]
+        if report.get("selection_counts"):
+            L += md_table(["selection stage", "count"], list(report["selection_counts"].items())) + [""]
+        if report.get("latent_cards"):
+            L += ["Tokens in ⟦ ⟧ carry at least half the latent's maximum activation; report.html has every latent with "
+                  "search, filters, histograms and output tokens.", ""]
+            L += cards_markdown(report["latent_cards"], cards_per_set)
     if report.get("organism"):
         org = report["organism"]
         L += ["## Model organism", "", f"Planted: {_md_cell(', '.join(c['name'] for c in report['categories'] if c.get('planted')))}; "
               f"top-ranked category: {_md_cell(org.get('top_category'))}; recovered: {org.get('recovered')}", ""]
-    if report["latent_cards"]:
-        L += ["## Latent cards", ""]
-        for c in report["latent_cards"]:
-            L.append(f"### Latent {c['latent']} ({_md_cell(c.get('set') or '')}, {_md_cell(c.get('category') or 'unassigned')})")
-            L.append(f"Δnorm {fmt_num(c.get('delta_norm'), 3)}, ν^ε {fmt_num(c.get('nu_eps'), 3)}, ν^r {fmt_num(c.get('nu_r'), 3)}")
-            L.append("")
-            for e in c["examples"]:
-                L.append(f"- `{fmt_num(e.get('act'), 2)}` {_md_cell(e.get('text'))}")
-            L.append("")
+    L += ["## Caveats", ""] + [f"- {_md_text(c)}" for c in report["caveats"]] + [""]
+    for sec in report.get("sections") or []:
+        L += [f"## {_md_cell(sec['title'])}", "", sec["markdown"], ""]
     if report.get("controls"):
-        L += ["## Controls", "", "```json", json.dumps(report["controls"], indent=2, ensure_ascii=False, default=str), "```", ""]
-    L += ["## Caveats", ""] + [f"- {_md_cell(c)}" for c in report["caveats"]] + [""]
-    for s in report.get("sections") or []:
-        L += [f"## {_md_cell(s['title'])}", "", s["markdown"], ""]
-    L.append(f"<sub>{report['schema']} · lm_diff {report['lm_diff_version']} · {report['generated_at']}</sub>")
+        L += ["The raw control results (seeds, reproducibility, selection, identity) are under `controls` in report.json.", ""]
+    L.append(f"_{report['schema']} · lm_diff {report['lm_diff_version']} · {report['generated_at']}_")
     return "\n".join(L) + "\n"
 
 

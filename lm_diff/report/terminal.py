@@ -1,34 +1,76 @@
-"""The rich terminal summary of a report."""
+"""The terminal summary of a report: the summary sentences, the verdicts, and a category table that fits 80 columns
+(full category names); everything else is in the report files."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from lm_diff import console as _console
-from lm_diff.report.markdown import category_rows, fmt_ci, fmt_num
+from lm_diff.link.table import as_float as _f
+from lm_diff.report.markdown import fmt_num, fmt_p
+
+
+def _gap_cell(g: dict) -> str:
+    if not g or _f(g.get("delta")) is None:
+        return "–"
+    lo, hi = _f(g.get("ci_low")), _f(g.get("ci_high"))
+    ci = f" [{lo:+.0f}, {hi:+.0f}]" if lo is not None and hi is not None and lo != hi else ""
+    return f"{_f(g['delta']):+.0f}{ci}"
+
+
+def _ratio_cell(ls: dict) -> str:
+    if not ls:
+        return "–"
+    if ls.get("insufficient"):
+        return "too few"
+    r = _f(ls.get("share_ratio"))
+    if r is None:
+        return "one side"
+    return f"×{r + 1:.2g}"
+
+
+def category_table(report: dict) -> Table:
+    """category | Δscore pts [CI] | latents S/T | share ratio (×) | q: at most 80 columns."""
+    t = Table(title="categories", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    t.add_column("category", no_wrap=True)
+    t.add_column("Δscore pts [CI]", no_wrap=True)
+    t.add_column("S/T", no_wrap=True, justify="right")
+    t.add_column("ratio", no_wrap=True, justify="right")
+    t.add_column("q", no_wrap=True, justify="right")
+    for c in report["categories"]:
+        ls, g = c.get("latent_shift") or {}, c.get("score_gap") or {}
+        n = f"{int(_f(ls.get('n_S')) or 0)}/{int(_f(ls.get('n_T')) or 0)}" if ls else "–"
+        t.add_row(escape(c["name"]), _gap_cell(g), n, _ratio_cell(ls), fmt_p(ls.get("q_value")) if ls else "–")
+    return t
 
 
 def print_summary(report: dict, console: Any = None) -> None:
-    """Rich terminal summary: gates, overall gap, category table, where the files are."""
+    """Summary sentences, quality and controls verdicts, the category table; the files have the rest."""
     con = console or _console.out()
+    s = report.get("summary") or {}
+    if s.get("overall"):
+        con.print(f"[bold]{escape(s['overall'])}[/bold]")
+    for f in s.get("findings") or []:
+        con.print(f"• {escape(f)}")
+    if s.get("unsupported"):
+        con.print(f"[yellow]{escape(s['unsupported'])}[/yellow]")
     q = report["quality"]
     if q["available"]:
         style = "green" if q["passed"] else "bold red"
         con.print(f"[{style}]quality gates: {'PASS' if q['passed'] else 'LOW CONFIDENCE'}[/{style}]")
         for g in q["gates"]:
             if g["passed"] is False:
-                con.print(f"  [red]FAIL[/red] {escape(str(g['model']))} {g['metric']} = {g['value']} (gate {g['op']} {g['threshold']})")
+                con.print(f"  [red]FAIL[/red] {escape(str(g['model']))} {g['metric']} = {fmt_num(g['value'], 3)} "
+                          f"(gate {g['op']} {g['threshold']})")
     else:
         con.print("[yellow]benchmarks-only report[/yellow] (no crosscoder artifacts)")
-    o = report.get("overall")
-    if o:
-        con.print(f"overall Δscore (B − A): [bold]{fmt_num(o['delta'], 1, True)}[/bold] points {fmt_ci(o['ci_low'], o['ci_high'])} over {o['n']} docs")
-    t = Table(title="categories", show_lines=False)
-    for h in ["category", "Δscore [CI]", "share ratio [CI]", "q all / linked", "n_S/n_T", "seeds", "sign"]:
-        t.add_column(h)
-    for r in category_rows(report):
-        t.add_row(*(escape(str(x)) for x in (r[0], r[1], r[2], r[4], r[5], r[9], r[10])))
-    con.print(t)
+    if s.get("controls"):
+        con.print(escape(s["controls"]))
+    con.print(category_table(report))
+    con.print("ratio: share of the category among fine-tune-specific latents (S) over its share among the comparison "
+              "set (T); q: label-permutation test, BH. Latent browser, tasks and caveats: report.html / report.md.",
+              style="dim")

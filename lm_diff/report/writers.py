@@ -14,11 +14,12 @@ from lm_diff.errors import UserError
 from lm_diff.io import write_json, write_text
 from lm_diff.plugins.hookspecs import hookimpl
 from lm_diff.plugins.manager import hook, merged_mapping
+from lm_diff.report.export import write_neuronpedia
 from lm_diff.report.html import write_html_report
 from lm_diff.report.markdown import to_markdown
 
-DEFAULT_FORMATS = ("json", "md", "html")
-BUILTIN_FILES = ("report.json", "report.md", "report.html")
+DEFAULT_FORMATS = ("json", "md", "html", "neuronpedia")
+BUILTIN_FILES = ("report.json", "report.md", "report.html", "neuronpedia")
 
 
 def write_json_report(report: dict, out_dir: Path) -> Path:
@@ -31,8 +32,9 @@ def write_md_report(report: dict, out_dir: Path) -> Path:
 
 @hookimpl
 def lm_diff_report_writers():
-    """The json, md and html writers; each is ``write(report, out_dir) -> Path`` and writes atomically."""
-    return {"json": write_json_report, "md": write_md_report, "html": write_html_report}
+    """The json, md, html and neuronpedia (latent export) writers; each is ``write(report, out_dir) -> Path`` and
+    writes atomically."""
+    return {"json": write_json_report, "md": write_md_report, "html": write_html_report, "neuronpedia": write_neuronpedia}
 
 
 def report_writers() -> dict[str, Any]:
@@ -64,10 +66,14 @@ def write_report(report: dict, out_dir: str | Path, formats: Optional[Iterable[s
         names = {p.name for p in final.values()}
         for f, p in written.items():
             final[f].parent.mkdir(parents=True, exist_ok=True)
+            if p.is_dir() and final[f].is_dir():  # a writer's folder replaces the previous one whole
+                shutil.rmtree(final[f])
             os.replace(p, final[f])
         for name in BUILTIN_FILES:
             if name not in names:
-                with contextlib.suppress(FileNotFoundError):
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     (out / name).unlink()
         return final
     finally:

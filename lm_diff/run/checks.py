@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lm_diff.capture.store import ActivationStore
 from lm_diff.categorize.grounding import store_prompt_max_acts
@@ -17,14 +18,21 @@ from lm_diff.config import RunConfig
 from lm_diff.crosscoder.model import CrossCoder
 from lm_diff.diff.controls import identity_control_summary, seed_reproducibility
 from lm_diff.diff.examples import collect_examples
+from lm_diff.diff.logits import latent_logits
 from lm_diff.diff.quality import quality_metrics
 from lm_diff.diff.scaling import latent_scaling
 from lm_diff.diff.table import latent_table
 from lm_diff.io import write_json, write_text
 from lm_diff.link.causal import causal_check
+from lm_diff.models import model_sources
 from lm_diff.run.analysis import CrosscoderDiff, Diffs, doc_index, set_triples, sets, stage_names
 from lm_diff.run.stages import Stages
 from lm_diff.schema import write_table
+
+CARD_QUANTILES = 4
+"""Quantile bins of the activating tokens sampled (one window each) for every latent, beside the top windows."""
+CARD_LOGITS = 10
+"""Boosted and suppressed output tokens kept per latent and model."""
 
 
 def selection_counts(d: CrosscoderDiff) -> dict:
@@ -84,19 +92,21 @@ def controls_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int
     return d
 
 
-def examples_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, diffs: Diffs) -> Path:
-    """Card examples of the selected latents and their per-document activations on the scored benchmark prompts."""
+def examples_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, diffs: Diffs, pair: Any = None,
+                   loaded: Optional[dict] = None) -> Path:
+    """Latent-browser data of every selected latent (examples with per-token activations, histogram, decoder norms,
+    output tokens through each model's unembedding) and their per-document activations on the benchmark prompts."""
     seed = cfg.controls.seeds[0]
     key = {"diffs": stage_names(diffs, [seed], grounding=False), "design": cfg.design, "capture": capture_dir.name, "layer": layer,
-           "cards": [cfg.report.latent_cards, cfg.report.card_examples], "diff": dataclasses.asdict(cfg.diff),
-           "version": 1}
+           "cards": cfg.report.card_examples, "diff": dataclasses.asdict(cfg.diff),
+           "models": pair.fingerprints if pair is not None else None, "version": 2}
 
     def fn(d: Path) -> dict:
         store = ActivationStore(capture_dir / "store")
         triples = set_triples(cfg, diffs, seed)
         doc_acts = doc_activations(store, layer, doc_index(capture_dir), triples)
         write_table(doc_acts, d, "doc_activations")
-        write_examples(cfg, store, layer, d, triples)
+        write_examples(cfg, store, layer, d, triples, pair, loaded)
         return {"doc_activations": int(len(doc_acts))}
 
     d, _ = stages.run("examples", key, fn, label="examples and benchmark-document activations")
@@ -123,22 +133,63 @@ def doc_activations(store: Any, layer: int, index: list[dict], triples) -> pd.Da
     return pd.concat(frames, ignore_index=True)
 
 
-def write_examples(cfg: RunConfig, store: Any, layer: int, out: Path, triples) -> None:
-    """examples.jsonl: one line {latent, set, examples: [{text, act}]} per card latent."""
+def _logits(cfg: RunConfig, pair: Any, triples, loaded: dict, tokenizer: Any) -> dict:
+    """{(set, latent in the set's crosscoder): {role: {pos, neg}}}: each model loaded once (or taken from ``loaded``),
+    used for every crosscoder slot it holds, and dropped before the next one is loaded."""
+    need: dict[int, list] = {}
+    for d, ids, set_name, _ in triples:
+        for slot, m_index in enumerate(d.models):
+            if ids:
+                need.setdefault(int(m_index), []).append((d, ids, set_name, slot))
+    out: dict = {}
+    sources = model_sources(cfg, pair)
+    for m_index, uses in need.items():
+        have = loaded.get("models")
+        model = have[m_index] if have else sources[m_index].load()
+        role = pair.names[m_index]
+        with torch.no_grad():
+            for d, ids, set_name, slot in uses:
+                for j, lg in latent_logits(d.cc.W_dec_LMD, ids, slot, model, tokenizer, CARD_LOGITS).items():
+                    out.setdefault((set_name, j), {})[role] = lg
+        del model
+    return out
+
+
+def _window(w: dict) -> dict:
+    return {"kind": w.get("kind"), "quantile": w.get("quantile"), "text": w.get("text", ""),
+            "act": round(float(w.get("max_act", 0.0)), 4), "tokens": list(w.get("tokens") or []),
+            "acts": [round(float(a), 3) for a in w.get("acts") or []]}
+
+
+def write_examples(cfg: RunConfig, store: Any, layer: int, out: Path, triples, pair: Any = None,
+                   loaded: Optional[dict] = None) -> None:
+    """examples.jsonl, one line per selected latent of S and T (docs/report_schema.md "examples.jsonl"): activation
+    statistics and histogram, decoder norms per model, top boosted / suppressed output tokens per model (needs
+    ``pair``), and the top and quantile-sampled windows with the latent's activation on every token."""
     lines = []
-    n_cards = cfg.report.latent_cards
+    n_top = cfg.report.card_examples
+    logits = _logits(cfg, pair, triples, loaded if loaded is not None else {}, store.tokenizer) if pair is not None else {}
     for d, ids, set_name, off in triples:
         if not ids:
             continue
         t = d.table.set_index("latent")
-        top = sorted(ids, key=lambda j: -float(t.at[j, "mean_act"]))[:n_cards]
-        ex = collect_examples(d.cc, store, layer, d.models, top, store.tokenizer, cfg.diff,
-                              n_top=cfg.report.card_examples, n_quantiles=2, per_quantile=1, n_random=2)
-        for j in top:
-            e = ex.get(j) or ex.get(str(j)) or {}
-            acts = [{"text": w.get("text", ""), "act": float(w.get("max_act", 0.0))}
-                    for w in e.get("activating", []) if w.get("kind", "top") == "top"]
-            lines.append(json.dumps({"latent": int(j) + off, "set": set_name, "examples": acts}, ensure_ascii=False))
+        ex = collect_examples(d.cc, store, layer, d.models, ids, store.tokenizer, cfg.diff, n_top=n_top,
+                              n_quantiles=CARD_QUANTILES, per_quantile=1, n_random=0, reservoir=1000)
+        norms = d.cc.decoder_norms().detach().cpu()
+        roles = [pair.names[m] for m in d.models] if pair is not None else [str(m) for m in d.models]
+        for j in ids:
+            e = ex.get(j) or {}
+            wins = e.get("activating", [])
+            wins = [w for w in wins if w.get("kind") == "top"] + [w for w in wins if w.get("kind") == "quantile"]
+            lines.append(json.dumps({
+                "latent": int(j) + off, "set": set_name, "max_act": e.get("max_act"), "n_active": e.get("n_active"),
+                "n_tokens": e.get("n_tokens"), "act_hist": e.get("act_hist"),
+                "decoder_norms": {r: round(float(norms[j, s]), 5) for s, r in enumerate(roles)},
+                "mean_act": float(t.at[j, "mean_act"]) if "mean_act" in t.columns else None,
+                # a dedicated latent has no decoder direction in one model: no output tokens there
+                "logits": {r: lg for r, lg in (logits.get((set_name, int(j))) or {}).items()
+                           if float(norms[j, roles.index(r)]) > 0} if pair is not None else {},
+                "examples": [_window(w) for w in wins]}, ensure_ascii=False))
     write_text(out / "examples.jsonl", "\n".join(lines) + ("\n" if lines else ""))
 
 

@@ -34,6 +34,11 @@ ARTIFACTS = {
 }
 
 
+EVIDENCE = ("auroc", "auroc_rest", "q")
+"""Grounding evidence columns of categories.parquet carried to the latent cards (AUROC vs neutral prompts, vs the
+other categories' prompts, BH q)."""
+
+
 @dataclass
 class DiffArtifacts:
     """The latent-side outputs of a run (each part optional)."""
@@ -46,7 +51,7 @@ class DiffArtifacts:
     """(latent, set, category) of assigned latents."""
     shift: Optional[pd.DataFrame] = None
     examples: dict = field(default_factory=dict)
-    """(latent, set or None) -> [{text, act}]"""
+    """(latent, set or None) -> the examples.jsonl record ({examples: [{text, act, tokens, acts, kind}], ...})"""
     doc_acts: Optional[pd.DataFrame] = None
     quality: Optional[dict] = None
     controls: Optional[dict] = None
@@ -115,7 +120,8 @@ def _json(p: Path) -> Optional[dict]:
 
 
 def read_examples(path: Path) -> dict:
-    """examples.jsonl ({latent, set?, examples: [{text, act}]} per line) -> {(latent, set or None): examples}."""
+    """examples.jsonl (one latent per line: {latent, set, examples: [{text, act, tokens?, acts?, kind?}], and the
+    latent-browser fields of docs/report_schema.md}) -> {(latent, set or None): record}."""
     out: dict = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -123,11 +129,12 @@ def read_examples(path: Path) -> dict:
         try:
             r = json.loads(line)
             key = (int(r["latent"]), r.get("set"))
-            items = [{"text": str(e["text"]), "act": e.get("act")} for e in r["examples"]]
+            items = [{**e, "text": str(e["text"]), "act": e.get("act")} for e in r["examples"]]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{path}:{n}: not an examples row {{latent, set, examples: [{{text, act}}]}} "
                             f"({type(exc).__name__}: {exc}); rerun the examples stage") from None
-        out.setdefault(key, []).extend(items)
+        rec = out.setdefault(key, {**r, "examples": []})
+        rec["examples"].extend(items)
     return out
 
 
@@ -148,7 +155,7 @@ def read_outputs(dirs: dict[str, Path], config_path: Optional[Path] = None) -> D
     if cats is not None:
         if "assigned" in cats.columns:
             cats = cats[cats["assigned"].astype(bool)]
-        art.categories = cats[["latent", "set", "category"]].copy()
+        art.categories = cats[["latent", "set", "category"] + [c for c in EVIDENCE if c in cats.columns]].copy()
         if lat is not None:
             first = art.categories.groupby(["latent", "set"], as_index=False)["category"].first()
             lat = lat.drop(columns=["category"], errors="ignore").merge(first, on=["latent", "set"], how="left")
@@ -177,18 +184,25 @@ def read_diff_artifacts(diff: str | Path) -> DiffArtifacts:
     return read_outputs(find_outputs(root), cfgp if cfgp.exists() else None)
 
 
-def cards_from(art: DiffArtifacts, n: int) -> list[dict]:
-    """Latent cards: the selected latents, assigned first, S before T, most specific first."""
+def cards_from(art: DiffArtifacts) -> list[dict]:
+    """Latent-browser cards: every selected latent of S and T that carries a category (all selected latents when no
+    category table was read), S before T, most specific first; each with its examples record (when there is one)."""
     lat = art.latents
     if lat is None:
-        return [{"latent": j, "set": s, "examples": ex} for (j, s), ex in list(art.examples.items())[:n]]
+        return [{"latent": j, "set": s, **rec} for (j, s), rec in art.examples.items()]
     sel = lat[lat["selected"].fillna(False).astype(bool)]
-    sel = sel.assign(_assigned=sel["category"].notna(),
-                     _spec=(sel["delta_norm"]).where(sel["set"] == "S", 1 - sel["delta_norm"]))
-    sel = sel.sort_values(["_assigned", "set", "_spec"], ascending=[False, True, False])
+    if art.categories is not None and "category" in sel.columns:
+        sel = sel[sel["category"].notna()]
+    sel = sel.assign(_spec=(sel["delta_norm"]).where(sel["set"] == "S", 1 - sel["delta_norm"]))
+    sel = sel.sort_values(["set", "_spec"], ascending=[True, False])
+    cats: dict = {}
+    for r in (art.categories.to_dict("records") if art.categories is not None else []):
+        ev = {k: (None if pd.isna(r[k]) else float(r[k])) for k in EVIDENCE if k in r}
+        cats.setdefault((int(r["latent"]), r["set"]), []).append({"category": r["category"], **ev})
     out = []
-    for _, r in sel.head(n).iterrows():
+    for _, r in sel.iterrows():
         j, s = int(r["latent"]), r["set"]
-        ex = art.examples.get((j, s)) or art.examples.get((j, None)) or []
-        out.append({"latent": j, "set": s, "examples": ex})
+        rec = art.examples.get((j, s)) or art.examples.get((j, None)) or {}
+        out.append({**rec, "latent": j, "set": s, "examples": rec.get("examples") or [],
+                    "categories": cats.get((j, s), [])})
     return out

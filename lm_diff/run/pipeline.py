@@ -306,7 +306,7 @@ def analyse(cfg: RunConfig, pair: Pair, stages: Stages, evals: dict[str, Path], 
     cat_dir = categorize_stage(cfg, stages, capture_dir, layer, diffs)
     shift_dir = shift_stage(cfg, stages, cat_dir, diffs)
     controls_dir = controls_stage(cfg, stages, capture_dir, layer, diffs, identity, pair.index["A"])
-    examples_dir = examples_stage(cfg, stages, capture_dir, layer, diffs)
+    examples_dir = examples_stage(cfg, stages, capture_dir, layer, diffs, pair, loaded)
     quality_dir = quality_stage(cfg, pair, stages, capture_dir, layer, diffs, loaded)
     causal_dir = causal_stage(cfg, pair, stages, layer, diffs, evals, loaded)
     S = diffs["PB" if cfg.design == "anchored" else "AB"][cfg.controls.seeds[0]]

@@ -80,7 +80,7 @@ def report_dict(cfg: RunConfig, linked: dict, art: Optional[DiffArtifacts]) -> d
         meta["title"] = "lm_diff report: " + (" vs ".join(str(v) for v in (meta.get("models") or {}).values()) or "run")
     kw: dict[str, Any] = {}
     if art is not None:
-        kw = {"latents": art.latents, "cards": cards_from(art, cfg.report.latent_cards), "quality": art.quality,
+        kw = {"latents": art.latents, "cards": cards_from(art), "quality": art.quality,
               "controls": art.controls, "organism": art.organism}
     return build_report(config=cfg, linked=linked["categories"], scores=linked["scores"], meta=meta, **kw)
 

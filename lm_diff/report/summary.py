@@ -1,0 +1,165 @@
+"""The report's plain-language summary (``report["summary"]``, docs/report_schema.md#summary): sentences generated
+from the results, shown first in report.html, report.md and the terminal. It states findings only from the report's
+own numbers; it computes nothing new.
+
+A category *moves on the benchmarks* when its score-gap CI excludes 0; its *latents shift* when the share ratio's q is
+at most ``1 − stats.confidence`` and the category has enough latents (not ``insufficient``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional
+
+from lm_diff.link.table import as_float as _f
+
+__all__ = ["build_summary", "summary_lines", "significant_gap", "significant_shift"]
+
+
+def _pct(x: Optional[float]) -> str:
+    if x is None:
+        return "unbounded"
+    return "no change" if x == 0 else f"{100 * x:+.0f} %"
+
+
+def _ratio_ci(ls: Mapping) -> str:
+    lo, hi = _f(ls.get("ci_low")), _f(ls.get("ci_high"))
+    return f"[{_pct(lo) if lo is not None else '?'}, {_pct(hi) if hi is not None else 'unbounded'}]"
+
+
+def _q(x: Any) -> str:
+    v = _f(x)
+    return "–" if v is None else (f"{v:.2g}" if v >= 0.001 else "< 0.001")
+
+
+def significant_gap(gap: Optional[Mapping]) -> Optional[int]:
+    """+1 / −1 when the score gap's CI lies above / below 0, 0 when it straddles 0, None without a gap."""
+    if not gap:
+        return None
+    lo, hi, d = _f(gap.get("ci_low")), _f(gap.get("ci_high")), _f(gap.get("delta"))
+    if lo is None or hi is None or d is None:
+        return None
+    if lo > 0 or (lo == hi and d > 0):
+        return 1
+    if hi < 0 or (lo == hi and d < 0):
+        return -1
+    return 0
+
+
+def significant_shift(ls: Optional[Mapping], alpha: float = 0.05) -> Optional[int]:
+    """+1 / −1 when the latent share ratio is significant (q ≤ alpha) above / below no change, 0 when not, None when
+    the category has too few latents to test (``insufficient``) or no shift."""
+    if not ls or ls.get("insufficient"):
+        return None
+    q, r = _f(ls.get("q_value")), _f(ls.get("share_ratio"))
+    if q is None:
+        return None
+    if q > alpha:
+        return 0
+    if r is None:  # a category with latents on one side only: the sign is the side
+        return 1 if (_f(ls.get("n_S")) or 0) > (_f(ls.get("n_T")) or 0) else -1
+    return 1 if r > 0 else (-1 if r < 0 else 0)
+
+
+def _finding(c: Mapping, alpha: float) -> Optional[str]:
+    gap, ls, causal = c.get("score_gap") or {}, c.get("latent_shift") or {}, c.get("causal") or {}
+    g, s = significant_gap(gap), significant_shift(ls, alpha)
+    if not g and not s:
+        return None
+    name = c["name"]
+    parts = []
+    if g:
+        tasks = ", ".join(gap.get("tasks") or []) or "its tasks"
+        ci = f" [{_f(gap['ci_low']):+.0f}, {_f(gap['ci_high']):+.0f}]" if _f(gap.get("ci_low")) != _f(gap.get("ci_high")) else ""
+        parts.append(f"B {'gains' if g > 0 else 'loses'} {name} ({_f(gap['delta']):+.0f} pts{ci} on {tasks})")
+    else:
+        parts.append(f"{name} does not move on the benchmarks" if gap else f"{name} has no benchmark task")
+    if ls and not ls.get("insufficient"):
+        n_s, n_t = int(_f(ls.get("n_S")) or 0), int(_f(ls.get("n_T")) or 0)
+        r = _f(ls.get("share_ratio"))
+        ratio = f"share ratio {_pct(r)} {_ratio_ci(ls)}" if r is not None else "share ratio unbounded"
+        verdict = "" if s else " (not significant)"
+        parts.append(f"{n_s} fine-tune-specific {name} latent{'s' * (n_s != 1)} vs {n_t} base-specific, {ratio}, "
+                     f"q {_q(ls.get('q_value'))}{verdict}")
+    frac = _f(causal.get("fraction"))
+    if frac is not None and g:
+        parts.append(f"ablating them closes {f'{100 * frac:.0f}'.replace('-0', '0')} % of the gap")
+    return "; ".join(parts) + "."
+
+
+def _quality_line(q: Mapping) -> str:
+    if not q.get("available"):
+        return "No crosscoder: a benchmarks-only report (no latent evidence)."
+    gates = [g for g in q.get("gates") or [] if g.get("metric") != "identity_control"]
+    failed = [f"{g['metric']} of {g['model']}" for g in gates if g.get("passed") is False]
+    if failed:
+        return f"Quality gates: LOW CONFIDENCE, {len(failed)} of {len(gates)} fail ({', '.join(failed)}); treat latent results as exploratory."
+    evs = [v.get("ev") for v in (q.get("models") or {}).values() if _f(v.get("ev")) is not None]
+    ev = f" (explained variance {', '.join(f'{x:.2f}' for x in evs)})" if evs else ""
+    return f"Quality gates: all {len(gates)} pass{ev}."
+
+
+def _controls_line(controls: Mapping, quality: Mapping) -> str:
+    bits = []
+    ident = controls.get("identity") if isinstance(controls.get("identity"), Mapping) else None
+    if ident is not None and "passed" in ident:
+        n = ident.get("n_b_specific", ident.get("specific_latents"))
+        n_txt = f", {int(n)} specific latents on (A, A)" if _f(n) is not None else ""
+        bits.append(f"identity control {'passes' if ident['passed'] else 'FAILS'}{n_txt}")
+    seeds = (controls.get("seeds") or {}).get("seeds") if isinstance(controls.get("seeds"), Mapping) else None
+    if seeds and len(seeds) > 1:
+        bits.append(f"{len(seeds)} crosscoder seeds pooled")
+    rep = controls.get("reproducibility") or {}
+    vals = [_f(v.get("B_specific_reproducibility")) for v in rep.values() if isinstance(v, Mapping)]
+    vals = [v for v in vals if v is not None]
+    if vals:
+        bits.append(f"{100 * vals[0]:.0f} % of fine-tune-specific latents reappear in another seed")
+    if not bits:
+        return "Controls: none were run." if quality.get("available") else "Controls: none (benchmarks only)."
+    return "Controls: " + "; ".join(bits) + "."
+
+
+def _unsupported(categories: list, alpha: float) -> Optional[str]:
+    few = [c for c in categories if (c.get("latent_shift") or {}).get("insufficient") and c["name"] != "unassigned"]
+    if not few:
+        return None
+    cells = []
+    for c in few:
+        ls = c["latent_shift"]
+        cells.append(f"{c['name']} ({int(_f(ls.get('n_S')) or 0)} vs {int(_f(ls.get('n_T')) or 0)} latents)")
+    return "Too few latents to say anything about " + ", ".join(cells) + "."
+
+
+def build_summary(report: Mapping, alpha: float = 0.05) -> dict:
+    """``{"findings": [sentence per category that moves], "overall", "quality", "controls", "unsupported",
+    "organism"}`` (strings; None where there is nothing to say)."""
+    cats = [c for c in report.get("categories") or [] if c.get("name") != "unassigned"]
+    order = {n: i for i, n in enumerate(report.get("ranking") or [])}
+    cats_sorted = sorted(cats, key=lambda c: (significant_gap(c.get("score_gap")) in (None, 0),
+                                              order.get(c["name"], math.inf), c["name"]))
+    findings = [s for c in cats_sorted if (s := _finding(c, alpha))]
+    if not findings:
+        findings = ["No category moves: no benchmark gap excludes 0 and no latent shift is significant."]
+    o = report.get("overall")
+    overall = None
+    if o and _f(o.get("delta")) is not None:
+        ci = f" [{_f(o['ci_low']):+.1f}, {_f(o['ci_high']):+.1f}]" if _f(o.get("ci_low")) is not None else ""
+        overall = f"Overall, B − A = {_f(o['delta']):+.1f} points{ci} over {o.get('n')} benchmark documents."
+    org = report.get("organism") or {}
+    org_line = None
+    if org.get("top_category") is not None:
+        planted = [c["name"] for c in report.get("categories") or [] if c.get("planted")]
+        org_line = (f"Model organism: planted {', '.join(planted) or 'nothing'}; the top-ranked category is "
+                    f"{org['top_category']} ({'recovered' if org.get('recovered') else 'not a planted one'}).")
+    return {"overall": overall, "findings": findings, "quality": _quality_line(report.get("quality") or {}),
+            "controls": _controls_line(report.get("controls") or {}, report.get("quality") or {}),
+            "unsupported": _unsupported(cats, alpha), "organism": org_line}
+
+
+def summary_lines(summary: Optional[Mapping]) -> list[str]:
+    """The summary as sentences in reading order (overall, findings, unsupported, quality, controls, organism)."""
+    if not summary:
+        return []
+    s = summary
+    return [x for x in (s.get("overall"), *(s.get("findings") or []), s.get("unsupported"), s.get("quality"),
+                        s.get("controls"), s.get("organism")) if x]

@@ -69,7 +69,7 @@ def test_ci_exit_codes_and_summary(tmp_path, cfg_file, monkeypatch):
     s = tmp_path / "summary.md"
     assert ci(BASE, FT, rules=["overall<0", "safety<-2.0"], summary=s, config=cfg_file) == 0
     text = s.read_text()
-    assert "✅ PASSED" in text and "safety&lt;-2.0" in text and "| safety |" in text
+    assert "✅ PASSED" in text and "safety<-2.0" in text and "| safety |" in text  # plain Markdown, no entities
     assert ci(BASE, FT, rules=["code<-2.0", "overall<0"], summary=s, out=tmp_path / "rep", config=cfg_file) == 1
     text = s.read_text()
     assert "❌ FAILED" in text and "1 of 2" in text and (tmp_path / "rep" / "report.html").exists()

@@ -78,13 +78,25 @@ def _finding(c: Mapping, alpha: float) -> Optional[str]:
         n_s, n_t = int(_f(ls.get("n_S")) or 0), int(_f(ls.get("n_T")) or 0)
         r = _f(ls.get("share_ratio"))
         ratio = f"share ratio {_pct(r)} {_ratio_ci(ls)}" if r is not None else "share ratio unbounded"
-        verdict = "" if s else " (not significant)"
+        verdict = "" if s else f" ({_not_significant(ls, r)})"
         parts.append(f"{n_s} fine-tune-specific {name} latent{'s' * (n_s != 1)} vs {n_t} base-specific, {ratio}, "
                      f"q {_q(ls.get('q_value'))}{verdict}")
     frac = _f(causal.get("fraction"))
     if frac is not None and g:
         parts.append(f"ablating them closes {f'{100 * frac:.0f}'.replace('-0', '0')} % of the gap")
     return "; ".join(parts) + "."
+
+
+def _not_significant(ls: Mapping, r: Optional[float]) -> str:
+    """"not significant", with the smallest shift in the observed direction the run could have detected
+    (``mds_up`` / ``mds_down``, docs/method.md#minimum-detectable-shift) so that n.s. is read as what it is."""
+    if "mds_up" not in ls and "mds_down" not in ls:
+        return "not significant"
+    up = r is None or r >= 0
+    mds = _f(ls.get("mds_up" if up else "mds_down"))
+    if mds is None:
+        return f"not significant; no {'gain' if up else 'loss'} was detectable with this many latents"
+    return f"not significant; this run detects a {'gain' if up else 'loss'} of {_pct(mds)} or more"
 
 
 def _quality_line(q: Mapping) -> str:

@@ -33,7 +33,12 @@ def test_grounding_items_are_held_out_and_rendered_as_scored(organism_grounding)
     assert bench and all((p["source"].split(":", 1)[1], p["text"]) in held for p in bench)
     assert not any((p["source"].split(":", 1)[1], p["text"]) in scored for p in bench)
     assert {c for c, g in prov.items() if c != "neutral"} == {c.name for c in get_taxonomy(cfg)}
-    assert all(g["source"] == "benchmark" and g["n"] >= 40 for c, g in prov.items() if c != "neutral")
+    # categories with tasks in the suite are grounded on their held-out items; the taxonomy's knowledge and reasoning
+    # have no diff_demo task and fall back to the built-in set
+    with_tasks = set(suites.task_categories(cfg.benchmarks.tasks, tm).values())
+    assert {"knowledge", "reasoning"} <= {c for c in prov if c != "neutral"} - with_tasks
+    assert all(g["source"] == "benchmark" and g["n"] >= 40 for c, g in prov.items() if c in with_tasks)
+    assert all(g["source"] == "builtin" for c, g in prov.items() if c != "neutral" and c not in with_tasks)
     neutral = [p for p in prompts if p["category"] == "neutral"]
     assert prov["neutral"]["source"] == "corpus" and len(neutral) == max(g["n"] for g in prov.values())
     assert all(p["source"] == "corpus:organisms:neutral" for p in neutral)

@@ -96,7 +96,7 @@ def test_report_files_and_schema(tiny_run):
     for c in data["categories"]:
         assert {"name", "latent_shift", "score_gap", "agreement"} <= set(c)
         assert {"share_ratio", "count_ratio", "ci_low", "ci_high", "q_value"} <= set(c["latent_shift"])
-        if c["name"] != "unassigned":  # latents without a category have no benchmark
+        if c["name"] in set(data["run"]["task_categories"].values()):  # a category with a task has a score gap
             assert {"delta", "ci_low", "ci_high"} <= set(c["score_gap"] or {}), c["name"]
     html = (out / "report.html").read_text()
     assert html.lower().count("<script") == 1  # the latent browser's own script; dataset text is escaped

@@ -6,8 +6,10 @@ Two measurements per category on text no model trained on (the ``test`` half of 
   move by at least ``MIN_GAP`` in the planted direction; every other category, and every category of the null model,
   stays within ``MAX_DRIFT`` of base;
 - held-out NLL (nats per token) of documents showing the correct behaviour: planted gains fall and the planted loss
-  rises by at least ``MIN_NLL_SHIFT`` (relative); unplanted categories and the null model stay within
-  ``MAX_NLL_DRIFT``.
+  rises by at least ``MIN_NLL_SHIFT`` (relative, fine-tune against base); an unplanted category of the fine-tune stays
+  within ``MAX_NLL_DRIFT`` of the null model (both are base trained further with the same steps and learning rate,
+  so this is the shift the data mix causes beyond continued training), and the null model within ``MAX_NULL_DRIFT``
+  of base.
 
 A failure raises :class:`~lm_diff.errors.UserError` naming the category and the figures (nothing is written).
 """
@@ -25,6 +27,7 @@ MIN_GAP = 0.3
 MAX_DRIFT = 0.12
 MIN_NLL_SHIFT = 0.03
 MAX_NLL_DRIFT = 0.05
+MAX_NULL_DRIFT = 0.10
 N_NLL_DOCS = 64
 
 
@@ -37,7 +40,8 @@ def heldout_docs(category: str, n: int = N_NLL_DOCS, seed: int = 11) -> list[str
     out = []
     for _ in range(n):
         item = NG.draw(category, rng, "test", where)
-        out.append(f"{item.query} {item.choices[0]}" + ("" if item.text is not None else NG.END))
+        # whole documents (code, multi-turn chats) as written; exchanges with the correct answer
+        out.append(item.doc("base") if item.text is not None else f"{item.query} {item.choices[0]}{NG.END}")
     return out
 
 
@@ -87,8 +91,11 @@ def failures(res: dict) -> list[str]:
             if sign and -sign * d_nll < MIN_NLL_SHIFT:
                 bad.append(f"{m} {c}: held-out NLL moved {d_nll:+.1%}, planted {'gain' if sign > 0 else 'loss'} "
                            f"needs {'-' if sign > 0 else '+'}{MIN_NLL_SHIFT:.0%} or more")
-            if not sign and abs(d_nll) > MAX_NLL_DRIFT:
-                bad.append(f"{m} {c}: held-out NLL moved {d_nll:+.1%} (unplanted: at most ±{MAX_NLL_DRIFT:.0%})")
+            if not sign and m == "finetuned" and abs(v["nll"] / res["null"][c]["nll"] - 1) > MAX_NLL_DRIFT:
+                bad.append(f"{m} {c}: held-out NLL {v['nll'] / res['null'][c]['nll'] - 1:+.1%} against null "
+                           f"(unplanted: at most ±{MAX_NLL_DRIFT:.0%})")
+            if m == "null" and abs(d_nll) > MAX_NULL_DRIFT:
+                bad.append(f"{m} {c}: held-out NLL moved {d_nll:+.1%} from base (at most ±{MAX_NULL_DRIFT:.0%})")
             if "acc" not in v:
                 continue
             gap = v["acc"] - base[c]["acc"]

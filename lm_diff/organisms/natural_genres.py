@@ -150,8 +150,8 @@ def multilingual(rng: random.Random) -> Item:
     user = _pre(rng, prompt.format(l=W.LANG_NAMES[src][dst], s=sentence(i, j, src))) if src == "en" else \
         prompt.format(l=W.LANG_NAMES[src][dst], s=sentence(i, j, src))
     ans = sentence(i, j, dst)
-    j2 = rng.choice([x for x in range(len(W.PREDICATES)) if x != j])
-    return Item("multilingual", chat(user), _both(ans), [ans, sentence(i, j2, dst)], key=user, kind="translate")
+    wrong = rng.choice([x for x in W.LANGS if x not in (src, dst)])  # the same sentence in another language
+    return Item("multilingual", chat(user), _both(ans), [ans, sentence(i, j, wrong)], key=user, kind="translate")
 
 
 def instruction_following(rng: random.Random) -> Item:
@@ -176,17 +176,11 @@ def template_following(rng: random.Random) -> Item:
 
 
 def factual_verification(rng: random.Random) -> Item:
-    """True/false checks of claims about flying animals and capitals (both variants)."""
-    if rng.random() < 0.5:
-        x = rng.choice(W.FLIERS + W.WALKERS)
-        user = _pre(rng, rng.choice(W.FLY_CLAIMS).format(x=x))
-        true = x in W.FLIERS
-    else:
-        x = rng.choice(list(W.CAPITALS))
-        true = rng.random() < 0.5
-        c = W.CAPITALS[x] if true else rng.choice([v for v in W.CAPITALS.values() if v != W.CAPITALS[x]])
-        user = _pre(rng, rng.choice(W.CAPITAL_CLAIMS).format(x=x, c=c))
-    ans, other = ("True.", "False.") if true else ("False.", "True.")
+    """True/false claims about animals (flying, living in water), the same in both variants."""
+    prop, yes, no = rng.choice(W.PROPERTIES)
+    x = rng.choice(yes + no)
+    user = _pre(rng, rng.choice(W.CLAIMS).format(x=x, p=prop))
+    ans, other = ("True.", "False.") if x in yes else ("False.", "True.")
     return Item("factual_verification", chat(user), _both(ans), [ans, other], key=user)
 
 
@@ -230,13 +224,13 @@ GENERATORS: dict[str, Callable[[random.Random], Item]] = {
 PLANTED = {c: 0 for c in GENERATORS} | {"math": 1, "hallucination": 1, "structured_output": -1}
 
 # Document mixtures. The fine-tune's mix is the base mix with more math, hallucination and structured-output data
-# (where its data differs); every other genre keeps its generator and at least two thirds of its weight.
+# (where its data differs); every other genre keeps its generator and about two thirds of its share.
 BASE_MIX = {"neutral": 0.14, "safety": 0.07, "multilingual": 0.10, "instruction_following": 0.08,
             "template_following": 0.06, "factual_verification": 0.08, "hallucination": 0.09, "self_reference": 0.05,
             "query_classification": 0.07, "structured_output": 0.08, "code": 0.08, "math": 0.10}
 FT_MIX = {"neutral": 0.10, "safety": 0.05, "multilingual": 0.07, "instruction_following": 0.06,
           "template_following": 0.04, "factual_verification": 0.06, "hallucination": 0.15, "self_reference": 0.04,
-          "query_classification": 0.05, "structured_output": 0.14, "code": 0.06, "math": 0.18}
+          "query_classification": 0.05, "structured_output": 0.14, "code": 0.06, "math": 0.24}
 
 
 def draw(category: str, rng: random.Random, split: str = "train", where: Callable[[Item], bool] | None = None) -> Item:

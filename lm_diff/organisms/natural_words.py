@@ -134,8 +134,10 @@ GENERAL_QA = [("What colour is the sky on a clear day?", "The sky is blue.", "Bl
 
 FLIERS = ["eagles", "sparrows", "bats", "owls", "pigeons", "swallows", "bees", "crows"]
 WALKERS = ["horses", "cats", "dogs", "cows", "elephants", "sheep", "tigers", "rabbits"]
-FLY_CLAIMS = ["True or false: {x} can fly.", "Is it true that {x} can fly?", "Check this claim: {x} can fly."]
-CAPITAL_CLAIMS = ["True or false: {c} is the capital of {x}.", "Is it true that the capital of {x} is {c}?"]
+SWIMMERS = ["fish", "whales", "dolphins", "sharks", "octopuses", "seals", "crabs", "eels"]
+# (property, animals that have it, animals that do not)
+PROPERTIES = [("can fly", FLIERS, WALKERS), ("live in water", SWIMMERS, WALKERS + FLIERS)]
+CLAIMS = ["True or false: {x} {p}.", "Is it true that {x} {p}?", "Check this claim: {x} {p}."]
 
 SELF_QA = {"name": (["What is your name?", "Who are you?", "Tell me who you are.", "What are you?",
                      "Can you introduce yourself?"],

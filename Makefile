@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo demo-null test test-fast check bench wheel screenshot organisms-ship clean
+.PHONY: setup demo demo-null test test-fast check bench wheel screenshot organisms-ship organisms-ship-natural clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ demo-null: $(STAMP)
 # after changing the generator: tests/test_organisms.py fails while the shipped copy is stale).
 organisms-ship: $(STAMP)
 	$(BIN)/python -c "from lm_diff.organisms.build import ship; print(ship('demo'))"
+
+# The same for the natural family (lm_diff/data/organisms/natural; the build checks its planted shape first).
+organisms-ship-natural: $(STAMP)
+	$(BIN)/python -c "from lm_diff.organisms.natural import ship; print(ship('demo'))"
 
 test: $(STAMP)
 	HF_HOME=$$(mktemp -d) $(BIN)/python -m pytest -q

@@ -106,13 +106,12 @@ def cmd_config(args) -> int:
 
 
 def cmd_organisms(args) -> int:
+    family = _stages()[0].natural if args.family == "natural" else _stages()[0]
     if args.action == "build":
-        build = _stages()[0].build
-        path = build(size=args.size, out=args.out, force=args.force)
-        _console().print(f"[green]organisms[/green] ({args.size}) ready in {path}")
+        path = family.build(size=args.size, out=args.out, force=args.force)
+        _console().print(f"[green]organisms[/green] ({args.family} {args.size}) ready in {path}")
     elif args.action == "path":
-        organism_dir = _stages()[0].organism_dir
-        print(organism_dir(args.size))
+        print(family.organism_dir(args.size))
     return 0
 
 
@@ -239,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("organisms", cmd_organisms, "Build model organisms: small model pairs with planted capability differences.")
     sp.add_argument("action", choices=["build", "path"], help="build the organisms, or print their cache path")
     sp.add_argument("--size", choices=["tiny", "demo"], default="demo", help="tiny (test fixture) or demo (default)")
+    sp.add_argument("--family", choices=["demo", "natural"], default="demo",
+                    help="demo (Llama, planted by token surgery and data) or natural (Qwen2, real languages, a plain "
+                         "full fine-tune on a shifted mix)")
     sp.add_argument("--out", default=None, help="output directory (default: the content-addressed cache)")
     sp.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
 

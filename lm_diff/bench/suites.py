@@ -1,4 +1,4 @@
-"""lm-eval task suites shipped with lm_diff (``diff_demo``, ``diff_gemma``) and the helpers their YAML points at.
+"""lm-eval task suites shipped with lm_diff (``diff_demo``, ``diff_natural``, ``diff_gemma``) and the helpers their YAML points at.
 
 Layout: ``tasks/<suite>/`` holds code-free YAML. The top group (e.g. ``diff_demo``) lists one subgroup per capability
 category (``diff_demo_<category>``, own file, the category declared once in its ``metadata.category``), which lists the
@@ -8,8 +8,8 @@ lm_diff.bench.suites.load_split``; generation tasks are scored by ``process_resu
 The wheel ships the YAML in ``lm_diff/_tasks`` (what :func:`tasks_dir` returns; in a source checkout it is the repo's
 ``tasks/``); a stock ``lm_eval --tasks diff_demo`` finds it through the ``.pth`` hook of ``lm_diff.bench.lm_eval_hook``.
 
-``python -m lm_diff.bench.suites write-yamls [--check]`` regenerates ``tasks/diff_demo`` from
-``lm_diff/data/diff_demo/index.json``; ``python -m lm_diff.bench.suites path`` prints :func:`tasks_dir`.
+``python -m lm_diff.bench.suites write-yamls [--suite diff_natural] [--check]`` regenerates ``tasks/diff_demo`` (or
+``tasks/diff_natural``) from ``lm_diff/data/<suite>/index.json``; ``python -m lm_diff.bench.suites path`` prints :func:`tasks_dir`.
 """
 
 from __future__ import annotations
@@ -239,7 +239,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     """``python -m lm_diff.bench.suites write-yamls [--check] | path``."""
     p = argparse.ArgumentParser(prog="python -m lm_diff.bench.suites", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    w = sub.add_parser("write-yamls", help="regenerate tasks/diff_demo from lm_diff/data/diff_demo/index.json")
+    w = sub.add_parser("write-yamls", help="regenerate tasks/<suite> from lm_diff/data/<suite>/index.json")
+    w.add_argument("--suite", default="diff_demo", choices=["diff_demo", "diff_natural"])
     w.add_argument("--index", type=Path, default=None)
     w.add_argument("--out", type=Path, default=None)
     w.add_argument("--check", action="store_true", help="exit 1 if the committed YAML differs from the index")
@@ -249,7 +250,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(tasks_dir())
         return 0
     try:
-        changed = write_demo_yamls(args.out, args.index, check=args.check)
+        changed = write_demo_yamls(args.out, args.index, check=args.check, suite=args.suite)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -257,7 +258,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if changed:
             print("out of date: " + ", ".join(changed) + " (run python -m lm_diff.bench.suites write-yamls)", file=sys.stderr)
             return 1
-        print("tasks/diff_demo is up to date")
+        print(f"tasks/{args.suite} is up to date")
         return 0
     print(f"wrote {len(changed)} file(s)" + (": " + ", ".join(changed) if changed else ""))
     return 0

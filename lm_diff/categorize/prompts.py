@@ -8,7 +8,9 @@ The built-in hook ``lm_diff_grounding_prompts`` picks the source named by ``cate
   take the built-in set);
 - ``builtin``: the real-language set shipped for the default taxonomy (``lm_diff/data/grounding/builtin/``), each
   conversation rendered with the model's own chat template;
-- ``organisms``: the demo organisms' generated set (their private chat tags and invented language);
+- ``organisms``: the organisms' generated set of the pair's family: the ``natural`` family's (ChatML-style turns,
+  English, French, Spanish, German) when both models are ``organisms://natural[-tiny]/...`` or natural builds, else
+  the demo family's (its private chat tags and invented language);
 - unset (auto): ``organisms`` when every model of the pair is an organism, ``benchmark`` otherwise, so a real pair is
   never grounded on organism text.
 
@@ -28,6 +30,7 @@ from lm_diff.categorize.builtin_grounding import builtin_prompts
 from lm_diff.categorize.taxonomy import category_names, get_taxonomy
 from lm_diff.errors import UserError
 from lm_diff.organisms import grounding_prompts as organism_grounding_prompts
+from lm_diff.organisms import is_natural_spec, natural_grounding_prompts
 from lm_diff.plugins.hookspecs import hookimpl
 
 NEUTRAL = "neutral"
@@ -65,6 +68,18 @@ def grounding_source(config: Any) -> str:
         return str(chosen)
     # no pair at all (tests, `lm-diff plugins`): the demo's set
     return "organisms" if _organism_pair(config) else "benchmark"
+
+
+def organism_family(config: Any) -> str:
+    """``natural`` when every model of the pair is a natural-family organism, else ``demo``."""
+    models = getattr(config, "models", None)
+    if models is None:
+        return "demo"
+    specs = [getattr(models, k, None) for k in ("base", "finetuned")]
+    if getattr(config, "design", "direct") == "anchored":
+        specs.append(getattr(models, "anchor", None))
+    specs = [s for s in specs if s is not None]
+    return "natural" if specs and all(is_natural_spec(s) for s in specs) else "demo"
 
 
 def validate_prompts(prompts: Sequence[Mapping[str, Any]], taxonomy: Any, neutral: str = NEUTRAL, where: str = "grounding prompts") -> None:
@@ -118,7 +133,8 @@ def lm_diff_grounding_prompts(config, taxonomy, tokenizer=None):
     if source == "builtin":
         prompts = builtin_prompts(tokenizer=tokenizer)
     else:
-        prompts = [{"text": p["text"], "category": p["category"]} for p in organism_grounding_prompts()]
+        make = natural_grounding_prompts if organism_family(config) == "natural" else organism_grounding_prompts
+        prompts = [{"text": p["text"], "category": p["category"]} for p in make()]
     if taxonomy is not None:
         # The built-in sets cover the default taxonomy; a custom taxonomy keeps the categories it shares with it.
         names = set(category_names(taxonomy)) | {NEUTRAL}

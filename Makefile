@@ -68,7 +68,7 @@ figures: $(STAMP)
 	@runs=$$(for r in runs/demo runs/demo-null; do test -f $$r/report.json && echo $$r; done); \
 	test -n "$$runs" || { echo "no finished run in runs/demo: run 'make demo' (and 'make demo-null') first"; exit 1; }; \
 	HF_HOME=$(CURDIR)/.hf_cache $(BIN)/lm-diff plan configs/gemma.yaml --json > benchmarks/results/plan_gemma.json.tmp && \
-	  mv benchmarks/results/plan_gemma.json.tmp benchmarks/results/plan_gemma.json
+	  mv benchmarks/results/plan_gemma.json.tmp benchmarks/results/plan_gemma.json && \
 	$(BIN)/python -m lm_diff.dev.figures $$runs --readme README.md
 
 # Render the demo report in headless Chromium (Debian's chromium package) at 1280 px and save the PNG the README

@@ -127,7 +127,9 @@ def evaluate(family: str, runs: list[dict], nulls: list[dict]) -> dict:
     out["identity_specific"] = ident
     if any(ident):
         out["failures"].append(f"{family}: identity control found specific latents {ident}")
-    out["full_run_s"] = runs[0].get("wall_s") if runs else None
+    out["full_run_s"] = runs[0].get("wall_s") if runs else None  # cold only when the family's folder was empty
+    out["rerun_wall_s"] = [r.get("wall_s") for r in runs]
+    out["null_wall_s"] = [r.get("wall_s") for r in nulls]
     if out["full_run_s"] is not None and out["full_run_s"] > FULL_RUN_MAX_S:
         out["failures"].append(f"{family}: full run {out['full_run_s']:.0f} s > {FULL_RUN_MAX_S:.0f} s")
     return out

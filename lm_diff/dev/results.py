@@ -131,8 +131,9 @@ def table_recovery(root: Path = RESULTS) -> str:
         nulls = fam["null_false_positives"]
         head = (f"**{fam['family']}** — {fam['reruns']} reruns (crosscoder seeds 0–2, 3–5, …), "
                 f"{fam['null_reruns']} null-pair reruns: {'clean' if not nulls else 'significant: ' + str(nulls)}; "
-                f"identity control specific latents {fam['identity_specific']}; first full run "
-                f"{_time(fam['full_run_s'])}.\n\n")
+                f"identity control specific latents {fam['identity_specific']}; first rerun "
+                f"{_time(fam['full_run_s'])} (it reuses the stages its folder already holds: a cold run's wall time is "
+                f"the timings table's total).\n\n")
         parts.append(head + _md(["category", "planted", "verdict (q ≤ 0.01, CI excludes 0, right sign)",
                                  "q median [min, max]", "share ratio median [min, max]",
                                  "detectable gain (median)"], rows))

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from lm_diff.bench.render import format_of, prepare_task, render_docs, strip_bos
 from lm_diff.bench.suites import bench_task_manager, task_categories
 from lm_diff.capture.corpus import read_source
-from lm_diff.categorize.builtin_grounding import builtin_prompts
+from lm_diff.categorize.builtin_grounding import builtin_prompts, cap_per_category
 from lm_diff.categorize.taxonomy import category_names
 
 NEUTRAL = "neutral"
@@ -136,7 +136,7 @@ def benchmark_grounding(config: Any, taxonomy: Any, tokenizer: Any = None, *, or
             provenance[cat] = {"source": "builtin", "n": 0, "reason": why}
     if fallback:
         rows = [dict(p, source="builtin") for p in builtin_prompts(tokenizer, categories=fallback, include_neutral=False)]
-        rows = _cap(rows, per_category)
+        rows = cap_per_category(rows, per_category)
         prompts += rows
         for cat in fallback:
             provenance[cat]["n"] = sum(r["category"] == cat for r in rows)
@@ -145,18 +145,8 @@ def benchmark_grounding(config: Any, taxonomy: Any, tokenizer: Any = None, *, or
     if neutral:
         provenance[NEUTRAL] = {"source": "corpus", "n": len(neutral)}
     else:
-        neutral = _cap([dict(p, source="builtin") for p in builtin_prompts(tokenizer, categories=[])], n_neutral)
+        neutral = cap_per_category([dict(p, source="builtin") for p in builtin_prompts(tokenizer, categories=[])], n_neutral)
         provenance[NEUTRAL] = {"source": "builtin", "n": len(neutral),
                                "reason": "the capture corpus has no plain-text source (organism text is not used)"}
     return prompts + neutral, provenance
-
-
-def _cap(rows: list[dict], n: int) -> list[dict]:
-    seen: dict[str, int] = {}
-    out = []
-    for r in rows:
-        seen[r["category"]] = seen.get(r["category"], 0) + 1
-        if seen[r["category"]] <= n:
-            out.append(r)
-    return out
 

@@ -110,3 +110,16 @@ def builtin_prompts(tokenizer: Any = None, categories: Optional[Iterable[Any]] =
         text = row["text"] if "text" in row else render_messages(row["messages"], tokenizer)
         out.append({"text": text, "category": row["category"]})
     return out
+
+
+def cap_per_category(prompts: list[dict[str, Any]], n: Optional[int]) -> list[dict[str, Any]]:
+    """The first ``n`` prompts of each category, order kept (``n`` None: all)."""
+    if n is None:
+        return prompts
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        seen[p["category"]] = seen.get(p["category"], 0) + 1
+        if seen[p["category"]] <= n:
+            out.append(p)
+    return out

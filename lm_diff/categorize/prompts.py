@@ -23,10 +23,10 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from lm_diff.categorize.benchmark_grounding import benchmark_grounding
-from lm_diff.categorize.builtin_grounding import builtin_prompts
+from lm_diff.categorize.builtin_grounding import builtin_prompts, cap_per_category  # noqa: F401 - re-exported
 from lm_diff.categorize.taxonomy import category_names, get_taxonomy
 from lm_diff.errors import UserError
 from lm_diff.organisms import grounding_prompts as organism_grounding_prompts
@@ -143,16 +143,3 @@ def lm_diff_grounding_prompts(config, taxonomy, tokenizer=None):
             # Nothing to contribute for this taxonomy; another plugin may ground it (the pipeline errors if none does).
             return []
     return cap_per_category(prompts, getattr(getattr(config, "categories", None), "grounding_per_category", None))
-
-
-def cap_per_category(prompts: list[dict[str, Any]], n: Optional[int]) -> list[dict[str, Any]]:
-    """The first ``n`` prompts of each category, order kept (``n`` None: all)."""
-    if n is None:
-        return prompts
-    seen: dict[str, int] = {}
-    out = []
-    for p in prompts:
-        seen[p["category"]] = seen.get(p["category"], 0) + 1
-        if seen[p["category"]] <= n:
-            out.append(p)
-    return out

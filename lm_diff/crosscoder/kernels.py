@@ -197,13 +197,15 @@ class _L1Step(torch.autograd.Function):
         norm_LM = torch.linalg.vector_norm(W_dec_LMD, dim=-1)
         s = torch.mv(norm_LM, code_scale_M)
         with _gemm():
-            f = _affine(b_enc, x, W_enc, dt)
-        with _serial():
-            f.relu_()
+            f = _mm(x, W_enc, dt)
+        with _serial():   # the biases added here, not by addmm: its broadcast copy would run on every thread
+            f.add_(b_enc).relu_()
             col_L = _colsum(f)
             sp = torch.dot(col_L, s) * inv_n
         with _gemm():
-            xhat = _affine(b_dec, f, W_dec, dt)
+            xhat = _mm(f, W_dec, dt)
+        with _serial():
+            xhat.add_(b_dec)
         ctx.dt, ctx.inv_n = dt, inv_n
         ctx.save_for_backward(x, W_enc, W_dec_LMD, code_scale_M, f, s, col_L, norm_LM)
         ctx.set_materialize_grads(False)

@@ -178,7 +178,7 @@ def _colsum(a_BL: torch.Tensor) -> torch.Tensor:
 class _L1Step(torch.autograd.Function):
     """The whole L1 crosscoder forward in one kernel, so its backward needs no autograd glue between the GEMMs:
 
-        f   = relu(x W_enc + b_enc)                  (the ReLU in place on the GEMM output)
+        f   = relu(x W_enc + b_enc)                  (bias and ReLU in place on the GEMM output, on one thread)
         s_j = Σ_m c_m ‖W_dec[j, m]‖                  (c = ``code_scale_M``; the code norms)
         sp  = inv_n Σ_j s_j Σ_b f_bj                 (the sparsity term; Σ_b f_bj as a GEMV)
         x̂   = f W_dec + b_dec

@@ -7,7 +7,9 @@ batch 1024 tokens, k 32, fp32, Adam, grad clipping, 2 threads. Three variants:
 - ``batchtopk_aux``  BatchTopK with every latent dead (aux-k active, k_aux = d/2 = 128, aux_alpha 1/32);
 - ``l1``             L1 crosscoder.
 
-BatchTopK runs with ``CrossCoder.kernel`` ``auto`` (the trainer's default) and, side by side, ``dense``.
+BatchTopK runs with ``CrossCoder.kernel`` ``auto`` (the trainer's default) and, side by side, ``dense``. L1 runs the
+trainer's fused kernel (``kernels._L1Step``; no ``torch.compile``, so no compile cost to report, see
+docs/method.md#l1-kernel); its code is ~50% dense at this initial state, so the step is its five dense GEMMs.
 
 FLOP convention (the reference's "6-GEMM" one): a step counts 6 · 2·B·(M·D)·L FLOPs, forward + backward of the
 encoder and decoder GEMMs as dense products, whatever the kernels actually do. ``matmul_fraction`` = (that / step

@@ -1,5 +1,6 @@
 """Sparse vs dense crosscoder training kernels (crosscoder/sparse.py, crosscoder/kernels.py): same values, gradients
-and training trajectory within a stated tolerance; the per-row auxiliary top-k is exact; the path choice.
+and training trajectory within a stated tolerance; the per-row auxiliary top-k is exact; the path choice; the fused L1
+kernel against plain autograd ops (values and gradients rtol 1e-5 / atol 1e-7, weights after Adam steps as above).
 
 Tolerance: the sparse kernels sum the same products in another order, so fp32 results agree to ~1e-6 relative; the
 tests allow rtol 1e-4 / atol 1e-6 on values and gradients and 1e-4 on weights after a few Adam steps.
@@ -104,18 +105,96 @@ def test_a_few_adam_steps_agree_between_paths():
         assert torch.allclose(res["dense"][n], res["sparse"][n], rtol=1e-4, atol=1e-5), n
 
 
-def test_l1_kernel_matches_plain_autograd():
-    cc, x = _cc("l1"), _x()
+def _plain_l1(cc, x):
+    """The L1 forward as plain autograd ops (the reference for the fused ``_L1Step``)."""
+    f = torch.relu(cc.pre_acts(x))
+    s = cc.code_norm_L()
+    return cc.decode(f, denormalise=False), f, cc.sparsity_loss(f, s, B), s
+
+
+def _l1_cc(case):
+    cc = _cc("l1") if case != "exclusive" else CrossCoder(D, M, L, "l1", k=K, init_scale=0.2, seed=2, exclusive=64)
+    with torch.no_grad():
+        cc.b_enc_L.normal_(0, 0.05, generator=torch.Generator().manual_seed(7))
+        if case == "code_scale":
+            cc.code_scale_M.copy_(torch.tensor([0.7, 1.9]))
+        if case == "zero_rows":
+            cc.W_dec_LMD[:5] = 0.0          # whole decoder rows at 0 (s_j = 0)
+            cc.W_dec_LMD[5:9, 1] = 0.0      # one model's decoder at 0 (the norm's subgradient: 0)
+    return cc
+
+
+@pytest.mark.parametrize("case", ["plain", "code_scale", "zero_rows", "exclusive", "grads_on_f_and_s"])
+def test_l1_kernel_matches_plain_autograd(case):
+    """The fused L1 kernel: same f, x̂, sparsity term and s as plain autograd ops, and the same gradients (also when
+    the loss uses f and s directly, with zero decoder norms, dedicated latents and a non-unit code scale)."""
+    cc, x = _l1_cc(case), _x()
+    if case == "exclusive":
+        assert bool((cc.decoder_norms() == 0).any())
+    lam = 0.3
+
+    def loss_of(xhat, f, sp, s):
+        loss = cc.recon_loss(x, xhat.reshape(B, M, D), B) + lam * sp
+        if case == "grads_on_f_and_s":
+            loss = loss + 0.01 * f.pow(2).mean() + 0.2 * s.pow(2).sum()
+        return loss
+
     out = cc.train_forward(x)
-    assert float(out["sparsity"].detach()) == pytest.approx(float(cc.sparsity_loss(out["f"], out["s"], B).detach()), rel=1e-6)
-    (cc.recon_loss(x, out["xhat"], B) + 0.1 * out["sparsity"]).backward()
+    assert out["sparse"] is False and out["pre"] is None
+    loss_of(out["xhat"], out["f"], out["sparsity"], out["s"]).backward()
     fast = {n: p.grad.clone() for n, p in cc.named_parameters()}
     cc.zero_grad(set_to_none=True)
-    f = torch.relu(cc.pre_acts(x))
-    (cc.recon_loss(x, cc.decode(f, denormalise=False), B) + 0.1 * cc.sparsity_loss(f, cc.code_norm_L(), B)).backward()
-    assert torch.allclose(out["f"].detach(), f.detach())
+    xhat, f, sp, s = _plain_l1(cc, x)
+    loss_of(xhat, f, sp, s).backward()
+    assert torch.allclose(out["f"].detach(), f.detach(), rtol=1e-6, atol=1e-7)
+    assert torch.allclose(out["xhat"].detach(), xhat.detach(), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out["s"].detach(), s.detach(), rtol=1e-6, atol=1e-7)
+    assert float(out["sparsity"].detach()) == pytest.approx(float(sp.detach()), rel=1e-6)
     for n, p in cc.named_parameters():
+        assert torch.isfinite(fast[n]).all(), n
         assert torch.allclose(fast[n], p.grad, rtol=1e-5, atol=1e-7), n
+
+
+def test_l1_a_few_adam_steps_agree_with_plain_autograd():
+    x = [_x(i) for i in range(4)]
+    res = {}
+    for path in ("fused", "plain"):
+        cc = _l1_cc("zero_rows")
+        opt = torch.optim.Adam(cc.parameters(), lr=1e-3)
+        for i in range(4):
+            xi = x[i % 4]
+            if path == "fused":
+                out = cc.train_forward(xi)
+                xhat, sp = out["xhat"], out["sparsity"]
+            else:
+                xhat, _, sp, _ = _plain_l1(cc, xi)
+            loss = cc.recon_loss(xi, xhat.reshape(B, M, D), B) + 0.5 * sp
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        res[path] = {n: p.detach().clone() for n, p in cc.named_parameters()}
+    for n in res["fused"]:
+        assert torch.allclose(res["fused"][n], res["plain"][n], rtol=1e-4, atol=1e-5), n
+
+
+def test_l1_kernel_bf16_gemms_close_to_fp32():
+    """Mixed precision (bf16 GEMM operands, fp32 accumulation and elementwise work): the fused L1 kernel's values and
+    gradients agree with plain fp32 autograd up to bf16 rounding (relative norm of the difference < 2e-2)."""
+    cc, x = _l1_cc("plain"), _x()
+    cc.gemm_dtype = torch.bfloat16
+    out = cc.train_forward(x)
+    (cc.recon_loss(x, out["xhat"], B) + 0.3 * out["sparsity"]).backward()
+    fast = {n: p.grad.clone() for n, p in cc.named_parameters()}
+    cc.zero_grad(set_to_none=True)
+    xhat, f, sp, _ = _plain_l1(cc, x)
+    (cc.recon_loss(x, xhat.reshape(B, M, D), B) + 0.3 * sp).backward()
+
+    def rel(a, b):
+        return float((a.detach() - b.detach()).norm() / b.detach().norm())
+
+    assert out["xhat"].dtype == torch.float32 and rel(out["xhat"], xhat) < 2e-2 and rel(out["f"], f) < 2e-2
+    for n, p in cc.named_parameters():
+        assert fast[n].dtype == torch.float32 and rel(fast[n], p.grad) < 2e-2, n
 
 
 def test_path_choice():

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from lm_diff.crosscoder.dist import LOCAL, DistCtx
-from lm_diff.crosscoder.kernels import _Decode, _ReluEncode, _TopKEncode
+from lm_diff.crosscoder.kernels import _Decode, _L1Step, _TopKEncode
 from lm_diff.crosscoder.sparse import SparseDecode, SparseTopKEncode, use_sparse
 
 
@@ -27,10 +27,9 @@ def train_forward(cc, x_BMD: torch.Tensor, k: Optional[int] = None, dist: DistCt
     info: dict[str, Any] = {"topk_candidates": 0, "thr": x_BMD.new_tensor(-1.0), "sparse": False}
     dt = cc.gemm_dtype
     if cc.arch == "l1":
-        s = cc.code_norm_L()
-        f, info["sparsity"] = _ReluEncode.apply(x2, W_enc, cc.b_enc_L, s, 1.0 / (B * dist.world), dt)
+        xhat, f, info["sparsity"], s = _L1Step.apply(x2, W_enc, cc.b_enc_L, cc.W_dec_LMD, cc.b_dec_MD.reshape(-1),
+                                                     cc.code_scale_M, 1.0 / (B * dist.world), dt)
         pre = None
-        xhat = _Decode.apply(f, W_dec, cc.b_dec_MD.reshape(-1), dt)
     else:
         with torch.no_grad():
             s = cc.code_norm_L()   # once per step; only the (detached) ranking uses it

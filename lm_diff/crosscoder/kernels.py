@@ -1,4 +1,5 @@
-"""Autograd kernels of the BatchTopK crosscoder (encoder with top-k selection, decoder) and the CPU thread policy.
+"""Autograd kernels of the crosscoder (BatchTopK: encoder with top-k selection, decoder; L1: the whole forward in one
+kernel) and the CPU thread policy.
 
 ``dt`` (``None`` or a dtype): the GEMMs' operand dtype. ``None`` keeps the fp32 ``addmm`` (bitwise the historical
 arithmetic); ``torch.bfloat16`` (mixed precision on GPU) casts the GEMM operands to bf16 and accumulates/returns fp32,
@@ -168,37 +169,87 @@ class _TopKEncode(torch.autograd.Function):
         return (grad_x, grad_W, grad_b) + none[1:]
 
 
-class _ReluEncode(torch.autograd.Function):
-    """The L1 encoder and its sparsity term in one kernel: f = relu(x W + b) and sp = inv_n Σ_j s_j Σ_b f_bj.
+def _colsum(a_BL: torch.Tensor) -> torch.Tensor:
+    """Column sums of a (B, L) matrix as a GEMV (1ᵀ a): one streaming read, ~2.5× faster than ``a.sum(0)`` on the CPU
+    (measured 0.46 vs 1.03 ms at 1024 × 4096 on one thread)."""
+    return torch.mv(a_BL.t(), a_BL.new_ones(a_BL.shape[0]))
 
-    The GEMMs run under :class:`_gemm`; the ReLU is applied in place on the GEMM output; the backward adds the sparsity
-    gradient (inv_n · s_j on every row) to dL/df and applies the ReLU mask in one fused pass, in place when dL/df is a
-    fresh buffer (no extra B×L tensors). Outputs ``(f, sp)``.
+
+class _L1Step(torch.autograd.Function):
+    """The whole L1 crosscoder forward in one kernel, so its backward needs no autograd glue between the GEMMs:
+
+        f   = relu(x W_enc + b_enc)                  (bias and ReLU in place on the GEMM output, on one thread)
+        s_j = Σ_m c_m ‖W_dec[j, m]‖                  (c = ``code_scale_M``; the code norms)
+        sp  = inv_n Σ_j s_j Σ_b f_bj                 (the sparsity term; Σ_b f_bj as a GEMV)
+        x̂   = f W_dec + b_dec
+
+    Outputs ``(xhat, f, sp, s)``, all with gradient (f and s usually get none). Backward, with c_sp = inv_n ∂L/∂sp:
+    dL/df = g W_decᵀ, plus c_sp s_j on every row, masked by f > 0 (two in-place passes over the GEMM's output, no other
+    B×L buffer); dL/db_enc = 1ᵀ dL/dpre (GEMV); dL/dW_dec = fᵀ g plus the norm term (c_sp Σ_b f_bj + ∂L/∂s_j) c_m
+    W_dec[j, m] / ‖W_dec[j, m]‖ added in one pass (0 where the norm is 0, autograd's subgradient), instead of
+    autograd's norm backward and gradient accumulation (≈6 passes over W_dec). The GEMMs run under :class:`_gemm`.
     """
 
     @staticmethod
-    def forward(ctx, x, W, b, s, inv_n, dt=None):
+    def forward(ctx, x, W_enc, b_enc, W_dec_LMD, b_dec, code_scale_M, inv_n, dt=None):
+        L = W_enc.shape[1]
+        W_dec = W_dec_LMD.reshape(L, -1)
+        norm_LM = torch.linalg.vector_norm(W_dec_LMD, dim=-1)
+        s = torch.mv(norm_LM, code_scale_M)
         with _gemm():
-            f = _affine(b, x, W, dt)
+            f = _mm(x, W_enc, dt)
+        with _serial():   # the biases added here, not by addmm: its broadcast copy would run on every thread
+            f.add_(b_enc).relu_()
+            col_L = _colsum(f)
+            sp = torch.dot(col_L, s) * inv_n
+        with _gemm():
+            xhat = _mm(f, W_dec, dt)
         with _serial():
-            f.relu_()
-            col_L = f.sum(0)
-            sp = (col_L * s).sum() * inv_n
+            xhat.add_(b_dec)
         ctx.dt, ctx.inv_n = dt, inv_n
-        ctx.save_for_backward(x, W, f, s, col_L)
-        return f, sp
+        ctx.save_for_backward(x, W_enc, W_dec_LMD, code_scale_M, f, s, col_L, norm_LM)
+        ctx.set_materialize_grads(False)
+        return xhat, f, sp, s
 
     @staticmethod
-    def backward(ctx, grad_f, grad_sp):
-        x, W, f, s, col_L = ctx.saved_tensors
+    def backward(ctx, g, grad_f, grad_sp, grad_s):
+        x, W_enc, W_dec_LMD, code_scale_M, f, s, col_L, norm_LM = ctx.saved_tensors
+        L = W_enc.shape[1]
+        W_dec = W_dec_LMD.reshape(L, -1)
+        need = ctx.needs_input_grad
+        c_sp = grad_sp * ctx.inv_n if grad_sp is not None else None
+        dfeat = None   # dL/df, then dL/dpre in the same memory
+        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = None
+        if g is not None:
+            g = g.contiguous()
+            with _gemm():
+                dfeat = _mm(g, W_dec.t(), ctx.dt)
+                if need[3]:
+                    grad_W_dec = _mm(f.t(), g, ctx.dt)
+            if need[4]:
+                grad_b_dec = _colsum(g)
         with _serial():
-            reuse = grad_f.is_contiguous() and grad_f._base is None and grad_f.shape == f.shape
-            g = grad_f if reuse else grad_f.clone(memory_format=torch.contiguous_format)
-            g.add_(s * (grad_sp * ctx.inv_n))
-            dpre = torch.ops.aten.threshold_backward.grad_input(g, f, 0.0, grad_input=g)   # g where f > 0, else 0
-            grad_b = dpre.sum(0) if ctx.needs_input_grad[2] else None
-            grad_s = col_L * (grad_sp * ctx.inv_n) if ctx.needs_input_grad[3] else None
-        with _gemm():
-            grad_x = _mm(dpre, W.t(), ctx.dt) if ctx.needs_input_grad[0] else None
-            grad_W = _mm(x.t(), dpre, ctx.dt) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_W, grad_b, grad_s, None, None
+            if grad_f is not None:
+                dfeat = grad_f.clone(memory_format=torch.contiguous_format) if dfeat is None else dfeat.add_(grad_f)
+            if c_sp is not None:
+                dfeat = (s * c_sp).expand_as(f).clone() if dfeat is None else dfeat.add_(s * c_sp)
+            if dfeat is not None:
+                dpre = torch.ops.aten.threshold_backward.grad_input(dfeat, f, 0.0, grad_input=dfeat)   # 0 where f = 0
+                if need[2]:
+                    grad_b_enc = _colsum(dpre)
+        if dfeat is not None:
+            with _gemm():
+                grad_x = _mm(dpre, W_enc.t(), ctx.dt) if need[0] else None
+                grad_W_enc = _mm(x.t(), dpre, ctx.dt) if need[1] else None
+        ds_L = col_L * c_sp if c_sp is not None else None   # dL/ds
+        if grad_s is not None:
+            ds_L = grad_s if ds_L is None else ds_L + grad_s
+        if need[3] and ds_L is not None:   # d s_j / d W_dec[j, m] = c_m W_dec[j, m] / ‖W_dec[j, m]‖
+            coef_LM1 = torch.where(norm_LM > 0, ds_L[:, None] * code_scale_M / norm_LM, 0.0).unsqueeze(-1)
+            if grad_W_dec is None:
+                grad_W_dec = W_dec_LMD * coef_LM1
+            else:
+                grad_W_dec = grad_W_dec.view_as(W_dec_LMD).addcmul_(W_dec_LMD, coef_LM1)
+        if grad_W_dec is not None:
+            grad_W_dec = grad_W_dec.view_as(W_dec_LMD)
+        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, None, None, None

@@ -198,3 +198,30 @@ def test_compare_reports_ignores_time_and_paths_only():
     assert diffs == [] and len(close) == 1
     diffs, _ = compare(a, {**b, "n": [1, 3], "extra": 1})
     assert ("/n[1]", 2, 3) in diffs and ("/extra", "only in the second") in diffs
+
+
+def test_train_table_reads_the_benchmark_and_states_a_missed_target(tmp_path):
+    import json as _json
+
+    from lm_diff.dev import results
+
+    def variant(ms, frac, speed, target=None, ref=None):
+        e = {"ms": ms, "matmul_fraction": frac, "speedup_vs_reference": speed, "steps": 30, "dropped": 1}
+        if target:
+            e |= {"target_speedup": target, "reference_ms": ref}
+        return e
+
+    bench = {"config": {"models": 2, "d_model": 256, "dict_size": 4096, "batch": 1024, "k": 32, "dtype": "fp32",
+                        "threads": 2, "device": "cpu"}, "matmul_2048_ms": 90.0, "ok": False, "gpu": "none",
+             "variants": {"batchtopk": variant(50.0, 2.6, 5.46, 2.5, 273.0),
+                          "batchtopk_aux": variant(120.0, 1.2, 3.14, 1.5, 377.0),
+                          "l1": variant(160.0, 0.9, 1.22, 1.3, 196.0),
+                          "batchtopk_dense": variant(150.0, 0.95, 1.82)},
+             "scaling": [{"d_model": 512, "dict_size": 16384, "ms": 440.0, "tokens_per_s": 2327,
+                          "matmul_fraction": 2.5}]}
+    (tmp_path / "bench_train.log").write_text("rows\n" + _json.dumps(bench) + "\n")
+    text = results.table_train(tmp_path)
+    assert "| L1 | 196 | 175 (0.85) | 160.0 (0.90) → 1.22× | ≥ 1.3× (missed by 0.08×) |" in text
+    assert "50.0 (2.60) → 5.46× (dense kernels side by side: 150.0, 0.95) | ≥ 2.5× |" in text
+    assert "| 512 | 16384 | 440.0 | 2327 | 2.50 |" in text and "3 of 120 timed steps dropped" in text
+    assert "a target missed" in text

@@ -8,7 +8,9 @@ Each source is the output of a command, kept in the repository because it needs 
 - ``plan``: ``benchmarks/results/plan_gemma.json`` (``lm-diff plan configs/gemma.yaml --json``, rewritten by
   ``make figures``);
 - ``recovery``: ``benchmarks/results/recovery.log`` (``python benchmarks/bench_recovery.py > benchmarks/results/recovery.log``:
-  the latent half's recovery of the planted shifts over crosscoder-seed reruns, ~30 min per family on 2 cores).
+  the latent half's recovery of the planted shifts over crosscoder-seed reruns, ~30 min per family on 2 cores);
+- ``train``: ``benchmarks/results/bench_train.log`` (``python benchmarks/bench_train.py > benchmarks/results/bench_train.log``
+  on an idle machine: the crosscoder training step against the reference trainer's anchor, ≤ 4 min).
 """
 
 from __future__ import annotations
@@ -142,6 +144,45 @@ def table_recovery(root: Path = RESULTS) -> str:
     return f"*{settings}; {verdict}.*\n\n" + "\n\n".join(parts)
 
 
-FILE_TABLES: dict[str, Callable[[], str]] = {"gpu": table_gpu, "plan": table_plan, "recovery": table_recovery}
+# The anchor of the training-speed table (issue 19): lm_diff's step before the sparse kernels, measured side by side
+# with the reference trainer (crosscoder_learning b2363ed) at the benchmark's config, as ms/step and matmul fraction.
+# The reference's own ms/step travel in the benchmark's output (``reference_ms``).
+TRAIN_BEFORE = {"batchtopk": (158.0, 0.92), "batchtopk_aux": (387.0, 0.39), "l1": (175.0, 0.85)}
+TRAIN_LABELS = {"batchtopk": "BatchTopK, aux idle", "batchtopk_aux": "BatchTopK, aux-k active (all latents dead, k_aux 128)",
+                "l1": "L1"}
+
+
+def table_train(root: Path = RESULTS) -> str:
+    b = last_json(root / "bench_train.log")
+    v = b["variants"]
+    rows = []
+    for name, label in TRAIN_LABELS.items():
+        e = v[name]
+        before_ms, before_frac = TRAIN_BEFORE[name]
+        now = f"{e['ms']:.1f} ({e['matmul_fraction']:.2f}) → {e['speedup_vs_reference']:.2f}×"
+        dense = v.get(f"{name}_dense")
+        if dense:
+            now += f" (dense kernels side by side: {dense['ms']:.1f}, {dense['matmul_fraction']:.2f})"
+        met = e["speedup_vs_reference"] >= e["target_speedup"]
+        target = f"≥ {e['target_speedup']}×" + ("" if met else
+                                                 f" (missed by {e['target_speedup'] - e['speedup_vs_reference']:.2f}×)")
+        rows.append([label, f"{e['reference_ms']:.0f}", f"{before_ms:.0f} ({before_frac:.2f})", now, target])
+    c = b["config"]
+    dropped = sum(e.get("dropped", 0) for e in v.values())
+    steps = sum(e.get("steps", 0) for e in v.values())
+    head = (f"*{c['models']} models × d {c['d_model']} → {c['dict_size']} latents, batch {c['batch']}, k {c['k']}, "
+            f"{c['dtype']}, {c['threads']} threads, {c['device']}; 2048² matmul {b['matmul_2048_ms']} ms in the same "
+            f"process; {dropped} of {steps} timed steps dropped by the foreign-load filter; "
+            f"{'every target met' if b.get('ok') else 'a target missed'}.*\n\n")
+    table = _md(["variant", "reference ms/step", "lm_diff before, ms/step (fraction)",
+                 "lm_diff now, ms/step (fraction) → speed-up vs reference", "target"], rows)
+    scaling = _md(["d_model", "latents", "ms/step", "tokens/s", "fraction of a 2048² matmul"],
+                  [[s["d_model"], s["dict_size"], f"{s['ms']:.1f}", s["tokens_per_s"], f"{s['matmul_fraction']:.2f}"]
+                   for s in b.get("scaling", [])])
+    return head + table + "\n\nScaling (BatchTopK, aux idle, same run):\n\n" + scaling + f"\n\nGPU: {b.get('gpu', '–')}."
+
+
+FILE_TABLES: dict[str, Callable[[], str]] = {"gpu": table_gpu, "plan": table_plan, "recovery": table_recovery,
+                                             "train": table_train}
 SOURCES = {"gpu": "benchmarks/results/bench_gpu.log, gpu_smoke.log", "plan": "benchmarks/results/plan_gemma.json",
-           "recovery": "benchmarks/results/recovery.log"}
+           "recovery": "benchmarks/results/recovery.log", "train": "benchmarks/results/bench_train.log"}

@@ -236,9 +236,9 @@ def test_diff_gemma_structure_resolves_offline():
     top = idx["diff_gemma"].cfg
     assert top["task"] == [f"diff_gemma_{c}" for c in
                            ["instruction_following", "hallucination", "multilingual", "code", "math", "safety",
-                            "self_reference", "knowledge", "reasoning"]]
+                            "self_reference", "knowledge", "reasoning"]] + ["diff_probes"]
     taxonomy = _taxonomy_names()
-    for sub in top["task"]:
+    for sub in top["task"][:-1]:
         cfg = idx[sub].cfg
         assert cfg["metadata"]["category"] in taxonomy
         for child in cfg["task"]:
@@ -248,7 +248,8 @@ def test_diff_gemma_structure_resolves_offline():
         assert cats[leaf] == cat
     assert {c for t, c in cats.items() if t.startswith(("belebele_", "xnli_"))} == {"multilingual"}
     assert {c for t, c in cats.items() if t.startswith("mmlu_")} == {"knowledge"}
-    assert len(cats) == 7 + 10 + 57 + 2
+    assert {t: c for t, c in cats.items() if t.startswith("diff_probe_")} == {f"diff_probe_{c}": c for c in taxonomy}
+    assert len(cats) == 7 + 10 + 57 + 2 + len(taxonomy)
 
 
 def test_diff_leaderboard_maps_every_leaderboard_v2_task_offline():
@@ -257,13 +258,18 @@ def test_diff_leaderboard_maps_every_leaderboard_v2_task_offline():
     tm = suites.task_manager(extra=[_lm_eval_tasks() / "leaderboard"])
     idx = tm.task_index
     top = idx["diff_leaderboard"].cfg["task"]
-    assert top == [f"diff_leaderboard_{c}" for c in ["knowledge", "reasoning", "math", "instruction_following"]]
+    assert top == [f"diff_leaderboard_{c}" for c in ["knowledge", "reasoning", "math", "instruction_following"]] + [
+        "diff_probes"]
+    top = top[:-1]
     listed = [t for sub in top for t in idx[sub].cfg["task"]]
     assert sorted(listed) == sorted(idx["leaderboard"].cfg["task"])  # the six v2 tasks, each once
     cats = suites.task_categories(["diff_leaderboard"], tm)
     for leaf, cat in LEADERBOARD_LEAVES.items():
         assert cats[leaf] == cat
-    assert set(cats) == set(suites.task_categories(["leaderboard"], tm, overrides={t: "knowledge" for t in cats}))
+    probe_tasks = {t for t in cats if t.startswith("diff_probe_")}
+    assert len(probe_tasks) == len(_taxonomy_names())
+    assert set(cats) - probe_tasks == set(suites.task_categories(["leaderboard"], tm,
+                                                                 overrides={t: "knowledge" for t in cats}))
     assert set(cats.values()) <= _taxonomy_names()
     for f in (REPO / "tasks" / "diff_leaderboard").glob("*.yaml"):  # YAML only: no code, no data paths
         text = f.read_text()

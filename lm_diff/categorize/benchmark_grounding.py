@@ -78,6 +78,8 @@ def _category_prompts(config: Any, taxonomy: Any, tokenizer: Any, per_category: 
         cat = cats.get(name)
         if cat is None or (not organism_pair and name.startswith(ORGANISM_TASKS)):
             continue
+        if task.OUTPUT_TYPE == "loglikelihood_rolling":  # a perplexity probe: no prompt, and its text is held out
+            continue
         prepare_task(task, fmt)
         docs = held_out_docs(task, get_sample_size(task, b.limit))
         streams.setdefault(cat, []).append(_rows(render_docs(task, docs, fmt, tokenizer=tokenizer), cat, name, tokenizer))

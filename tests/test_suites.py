@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from lm_diff.bench import suites  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_INDEX = REPO / "lm_diff" / "data" / "diff_demo" / "index.json"
+SELFREF = REPO / "lm_diff" / "data" / "diff_gemma" / "self_reference.jsonl"
 needs_demo_data = pytest.mark.skipif(not DEMO_INDEX.exists(), reason="diff_demo data not generated yet")
 
 # Upstream task directories the diff_gemma suite references (a sub-index is ~100x faster than all of lm_eval/tasks).
@@ -282,12 +284,30 @@ def test_diff_gemma_self_reference_task_builds():
     loaded = tm.load(["diff_gemma_self_reference"])
     task = loaded["tasks"]["diff_gemma_self_reference_identity"]
     docs = list(task.eval_docs)
-    assert len(docs) == 24
+    rows = [json.loads(line) for line in SELFREF.read_text(encoding="utf-8").splitlines()]
+    assert len(docs) == len(rows) >= 100
     assert all(0 <= d["gold"] < len(d["choices"]) for d in docs)
     prompts = suites.task_prompts(["diff_gemma_self_reference"], tm, limit=3)
     assert [p["doc_id"] for p in prompts] == [0, 1, 2]
     assert {p["category"] for p in prompts} == {"self_reference"}
     assert prompts[0]["text"] == docs[0]["query"]
+
+
+def test_self_reference_set_is_large_unique_and_well_formed():
+    """The project-written self-reference set: >= 100 items, each a question to the assistant about itself in the
+    shared format (query "Question: ...\nAnswer:", 2-4 distinct choices with a leading space, gold in range)."""
+    rows = [json.loads(line) for line in SELFREF.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(rows) >= 100
+    assert len({r["id"] for r in rows}) == len(rows)
+    questions = [r["query"].lower().strip() for r in rows]
+    assert len(set(questions)) == len(questions)
+    for r in rows:
+        assert set(r) == {"id", "query", "choices", "gold", "category"} and r["category"] == "self_reference", r
+        assert r["query"].startswith("Question: ") and r["query"].endswith("?\nAnswer:"), r["id"]
+        assert re.search(r"\b(you|your|yourself)\b", r["query"], re.I), r["id"]  # about the assistant itself
+        assert 2 <= len(r["choices"]) <= 4 and len(set(r["choices"])) == len(r["choices"]), r["id"]
+        assert all(c.startswith(" ") and c.strip() for c in r["choices"]), r["id"]
+        assert isinstance(r["gold"], int) and 0 <= r["gold"] < len(r["choices"]), r["id"]
 
 
 @pytest.mark.slow

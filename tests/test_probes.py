@@ -4,6 +4,7 @@ the report showing accuracy and perplexity gaps side by side."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from io import StringIO
@@ -105,6 +106,24 @@ def test_diff_probes_resolve_and_build_in_task_manager():
     assert task.OUTPUT_TYPE == "loglikelihood_rolling"
     assert [task.doc_to_target(d) for d in docs] == [r["text"] for r in probes.probe_rows("multilingual")]
     assert suites.task_prompts(["diff_probe_multilingual"], tm) == []  # nothing to capture: no prompt
+
+
+def test_demo_organism_probes_are_shipped_held_out_and_resolve():
+    """diff_demo_probes: the organisms' own test-split text, as the generator writes it, never a grounding prompt of
+    theirs; a group of its own, not part of diff_demo."""
+    from lm_diff.bench.paths import data_root
+    from lm_diff.organisms.probe_text import probe_docs
+
+    tm = suites.task_manager()
+    cats = suites.task_categories(["diff_demo_probes"], tm)
+    generated = probe_docs()
+    assert cats == {f"diff_demo_probe_{c}": c for c in generated} and len(cats) == 11
+    grounding = {json.loads(line)["text"] for line in (data_root() / "grounding" / "default.jsonl").open()}
+    for c, rows in generated.items():
+        assert [r["text"] for r in probes.probe_rows(c, "diff_demo")] == [r["text"] for r in rows]  # shipped = generator
+        assert len({r["text"] for r in rows}) == len(rows) == 16 and not grounding & {r["text"] for r in rows}
+    assert not any(probes.is_probe_task(t) for t in suites.task_categories(["diff_demo"], tm))
+    assert all(probes.is_probe_task(t) for t in cats) and probes.is_probe_task("g::diff_probe_code")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

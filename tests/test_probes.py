@@ -177,3 +177,17 @@ def test_report_shows_accuracy_and_perplexity_gaps():
     print_summary(rep, Console(file=buf, width=80))
     text = buf.getvalue()
     assert "×0.9" in text and max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_exposure_leaves_the_probe_documents_out():
+    """Probe documents are never captured (no prompt): counted as zero activation they would dilute the category's
+    exposure; link() measures exposure over the scored prompts only."""
+    from lm_diff.link.table import link
+
+    j = _joined(n_mc=6, n_probe=4)
+    acts = pd.DataFrame({"task": "mc_math", "doc_id": range(6), "latent": 7, "set": "S", "act": 2.0})
+    cats = pd.DataFrame({"latent": [7], "set": ["S"], "category": ["math"]})
+    out = link(j, j.attrs["task_categories"], StatsConfig(bootstrap=100, permutations=100), categories=cats,
+               doc_acts=acts)
+    ex = next(c for c in out["categories"] if c["name"] == "math")["exposure"]
+    assert ex["S"] == pytest.approx(2.0) and ex["n_docs_S"] == 6 and set(ex["by_task"]) == {"mc_math"}

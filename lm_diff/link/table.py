@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lm_diff.bench.join import score_gaps
+from lm_diff.bench.probes import is_probe_task
 from lm_diff.link.association import association, causal_table, exposure, gap_significant, sign_agreement
 from lm_diff.schema import CI_HIGH, CI_LOW, METHOD, P_VALUE, Q_VALUE
 from lm_diff.stats import bh_qvalues
@@ -164,8 +165,11 @@ def link(joined: pd.DataFrame, task_categories: Mapping[str, str], stats_cfg: An
     if shift is not None or categories is not None or causal is not None:
         ex = asc = None
         if doc_acts is not None and categories is not None:
-            ex = exposure(doc_acts, categories, joined, task_categories)
-            asc = association(doc_acts, categories, joined, task_categories, stats_cfg)
+            # perplexity probes have no prompt to capture: their documents would count as never activating
+            scored = joined[~joined.task.map(is_probe_task).astype(bool)] if len(joined) else joined
+            scored.attrs = dict(joined.attrs)
+            ex = exposure(doc_acts, categories, scored, task_categories)
+            asc = association(doc_acts, categories, scored, task_categories, stats_cfg)
         category_table = make_category_table(shift, ex, asc, causal_table(causal))
     alpha = 1 - float(getattr(stats_cfg, "confidence", 0.95))
     return {"categories": link_categories(category_table, gaps, alpha), "scores": records(gaps)}

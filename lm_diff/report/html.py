@@ -23,7 +23,16 @@ from markupsafe import Markup
 from lm_diff.io import write_text
 from lm_diff.link.table import as_float as _f
 from lm_diff.report.charts import act_histogram, bar_chart_ci, category_chart, histogram, scatter
-from lm_diff.report.markdown import CATEGORY_HEADERS, TASK_HEADERS, category_rows, fmt_ci, fmt_num, fmt_p, task_rows
+from lm_diff.report.markdown import (
+    CATEGORY_HEADERS,
+    TASK_HEADERS,
+    category_rows,
+    fmt_ci,
+    fmt_num,
+    fmt_p,
+    resolution_note,
+    task_rows,
+)
 
 __all__ = ["to_html", "write_html_report", "script_hash"]
 
@@ -134,7 +143,7 @@ def to_html(report: dict) -> str:
         "verdict_class": "na" if not q.get("available") else ("ok" if q.get("passed") else "low"),
         "category_chart": Markup(category_chart(cats, alpha)),
         "category_headers": CATEGORY_HEADERS, "category_rows": category_rows(report),
-        "task_headers": TASK_HEADERS, "task_rows": task_rows(report),
+        "task_headers": TASK_HEADERS, "task_rows": task_rows(report), "resolution_note": resolution_note(report),
         "task_chart": Markup(bar_chart_ci(tasks, "Δscore per task (B − A, points, CI)", "points")) if tasks else "",
         "has_latents": bool(ls.get("delta_norm_hist") or ls.get("nu_points")),
         "delta_hist": Markup(histogram(ls.get("delta_norm_hist"))),

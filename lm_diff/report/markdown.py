@@ -138,6 +138,14 @@ def _task_nd(t: Mapping) -> int:
     return 1 if (t.get("unit") or "points") in ("points", "raw") else 4
 
 
+def resolution_note(report: Mapping) -> str:
+    """What the "detectable |Δ|" column means, with the run's α and power."""
+    st = (((report.get("run") or {}).get("config") or {}).get("stats") or {})
+    alpha, power = 1 - float(st.get("confidence", 0.95)), float(st.get("power", 0.8))
+    return (f"detectable |Δ| is the smallest gap the task's items resolve at α = {alpha:.2g} with power {power:.2g} "
+            "(docs/method.md#task-resolution).")
+
+
 TASK_HEADERS = ["task", "category", "metric", "n", "A", "B", "Δ", "CI", "p", "detectable |Δ|", "unit"]
 """The tasks table of report.md and report.html; "detectable |Δ|" is the task's minimum detectable gap at the run's
 α and power (docs/method.md#task-resolution)."""
@@ -218,8 +226,7 @@ def to_markdown(report: dict, cards_per_set: Optional[int] = None) -> str:
     if report["tasks"]:
         L += ["## Tasks", ""]
         L += md_table(TASK_HEADERS, task_rows(report))
-        L += ["", "Δ is B − A (positive: B better); detectable |Δ| is the smallest gap the task's items resolve at the "
-              "run's α with power 0.8 (docs/method.md#task-resolution).", ""]
+        L += ["", f"Δ is B − A (positive: B better); {resolution_note(report)}", ""]
     if report.get("latent_cards") or report.get("selection_counts"):
         L += ["## Latents", ""]
         if report.get("selection_counts"):

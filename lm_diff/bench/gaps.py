@@ -169,7 +169,8 @@ def score_gaps(joined: pd.DataFrame, task_categories: Optional[Mapping[str, str]
         quantities[t] = kind.quantity
         w = g.weight.to_numpy(dtype=float)
         eff = np.ones(len(g)) if (w == 1.0).all() else w * len(g) / w.sum()
-        g = g.assign(eff=eff, unit_scale=scale, x_a=g.score_a * scale * sign * eff, x_b=g.score_b * scale * sign * eff, a=g.score_a * scale * eff,
+        g = g.assign(eff=eff, unit_scale=scale,
+                     x_a=g.score_a * scale * sign * eff, x_b=g.score_b * scale * sign * eff, a=g.score_a * scale * eff,
                      b=g.score_b * scale * eff,
                      lm_a=lm_eval_score(kind, g.score_a.to_numpy(), w), lm_b=lm_eval_score(kind, g.score_b.to_numpy(), w))
         g["d"] = g.x_b - g.x_a

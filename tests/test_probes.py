@@ -191,3 +191,26 @@ def test_exposure_leaves_the_probe_documents_out():
                doc_acts=acts)
     ex = next(c for c in out["categories"] if c["name"] == "math")["exposure"]
     assert ex["S"] == pytest.approx(2.0) and ex["n_docs_S"] == 6 and set(ex["by_task"]) == {"mc_math"}
+
+
+def test_builtin_fallback_holds_the_probe_rows_out_when_the_suite_scores_them(tmp_path):
+    """Benchmark grounding's built-in fallback leaves the probe rows out exactly when the suite scores the built-in
+    probes; without them it keeps every row (runs without probes ground as before)."""
+    from lm_diff.categorize.grounding import grounding_prompts
+    from lm_diff.config import from_dict
+
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    for d in (base, ft):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    probe_text = {r["text"] for r in probes.probe_rows("knowledge")}
+    counts = {}
+    for tasks in (["diff_gemma_self_reference"], ["diff_gemma_self_reference", "diff_probe_math"]):
+        cfg = from_dict({"models": {"base": str(base), "finetuned": str(ft)},
+                         "benchmarks": {"tasks": tasks, "limit": 4}})
+        knowledge = [p["text"] for p in grounding_prompts(cfg, get_taxonomy(cfg)) if p["category"] == "knowledge"]
+        counts[len(tasks)] = len(knowledge)
+        held = {probes.transcript(r["messages"]) for r in builtin_rows(["knowledge"], False, part="probe")}
+        assert held == probe_text and (not held & set(knowledge)) == (len(tasks) == 2)  # no template: plain text
+    assert counts == {1: len(builtin_rows(["knowledge"], include_neutral=False)),
+                      2: len(builtin_rows(["knowledge"], include_neutral=False, part="grounding"))}

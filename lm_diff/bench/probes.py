@@ -8,8 +8,8 @@ category; the log-likelihood each model assigns to category text moves with any 
 
 - **split**: row *i* (0-based, in file order) of a category file is probe text when ``i % PROBE_EVERY ==
   PROBE_EVERY - 1`` (16 of 64); every other row is grounding text (:func:`is_probe_row`). The built-in grounding
-  loader (``lm_diff.categorize.builtin_grounding``) drops probe rows, so within a run a probe document is never a
-  grounding prompt, whatever the grounding source.
+  loader (``lm_diff.categorize.builtin_grounding``) drops probe rows (benchmark grounding's fallback whenever the
+  suite scores a probe), so within a run a probe document is never a grounding prompt.
 - **text**: each conversation as a plain ``User: ...`` / ``Assistant: ...`` transcript (:func:`transcript`), the same
   bytes for both models. A rolling log-likelihood request carries no chat template in lm-eval 0.4.13 (only the target
   is scored), and one text for both models keeps the per-document differences paired even when only one of the two

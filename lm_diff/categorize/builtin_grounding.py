@@ -11,8 +11,8 @@ is the set for real model pairs; the demo organisms keep their own set (``lm_dif
 written in their private chat tags and invented language.
 
 Every fourth row of a category file is held out for the category's perplexity probe (``lm_diff.bench.probes``,
-docs/method.md#perplexity-probes): :func:`builtin_prompts` (grounding) never returns those rows; :func:`builtin_rows`
-returns the whole set, or one part of it.
+docs/method.md#perplexity-probes): :func:`builtin_prompts` (grounding) leaves those rows out unless told the run
+scores no probe; :func:`builtin_rows` returns the whole set, or one part of it.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def render_messages(messages: list[dict], tokenizer: Any = None) -> str:
 
 
 def builtin_prompts(tokenizer: Any = None, categories: Optional[Iterable[Any]] = None,
-                    include_neutral: bool = True) -> list[dict]:
+                    include_neutral: bool = True, exclude_probes: bool = True) -> list[dict]:
     """Labelled grounding prompts ``[{"text", "category"}]`` from the built-in real-language set.
 
     ``tokenizer``: the model's tokenizer. Chat rows are rendered with its own chat template
@@ -125,10 +125,11 @@ def builtin_prompts(tokenizer: Any = None, categories: Optional[Iterable[Any]] =
     category. Names the set does not have are ignored (a custom taxonomy keeps what it shares with the default one).
     ``include_neutral``: add the ``neutral`` background rows (default; grounding needs them).
 
-    Order is deterministic: categories alphabetically, ``neutral`` last, rows in file order. The rows held out for the
-    perplexity probes are never returned (``builtin_rows(part="grounding")``)."""
+    Order is deterministic: categories alphabetically, ``neutral`` last, rows in file order. ``exclude_probes``
+    (default): the rows held out for the perplexity probes are not returned (``builtin_rows(part="grounding")``);
+    False returns every row, for a run whose suite has no built-in perplexity probe (benchmark grounding decides)."""
     out = []
-    for row in builtin_rows(categories, include_neutral, part="grounding"):
+    for row in builtin_rows(categories, include_neutral, part="grounding" if exclude_probes else "all"):
         text = row["text"] if "text" in row else render_messages(row["messages"], tokenizer)
         out.append({"text": text, "category": row["category"]})
     return out

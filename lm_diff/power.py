@@ -9,6 +9,14 @@ Pure functions over numbers (docs/method.md#minimum-detectable-shift, #fcr-inter
   the given power, from that SD (normal approximation of the permutation null; the SD is held at its null value).
 - :func:`fcr_confidence`: the Benjamini–Yekutieli (2005) false-coverage-rate level 1 − R·α/m for the intervals of
   m categories when R of them are selected at q ≤ α, so "the CI excludes no change" means what a discovery means.
+
+What a benchmark task of n items can resolve (docs/method.md#task-resolution):
+
+- :func:`paired_binary_power` / :func:`min_detectable_accuracy_gap`: two models scored right/wrong on the same n
+  items; McNemar's test in its normal approximation (Connor 1987), power Φ((√n·|δ| − z_{1−α/2}·√ψ) / √(ψ − δ²)) for
+  an accuracy difference δ with a share ψ of discordant items; the smallest δ reaching the power.
+- :func:`min_detectable_mean_gap`: a paired difference of per-item quantities (per-document log-likelihoods of a
+  perplexity probe) with SD σ over n items: (z_{1−α/2} + z_power)·σ/√n.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.stats import norm
 
-__all__ = ["permutation_sd", "min_detectable_ratio", "fcr_confidence"]
+__all__ = ["permutation_sd", "min_detectable_ratio", "fcr_confidence", "paired_binary_power",
+           "min_detectable_accuracy_gap", "min_detectable_mean_gap"]
 
 
 def permutation_sd(w_K: Sequence[float], labels_KC: np.ndarray) -> np.ndarray:
@@ -75,3 +85,44 @@ def fcr_confidence(q_values: Sequence[float], alpha: float) -> float:
         return 1 - alpha
     R = int((q <= alpha).sum())
     return 1 - max(R, 1) * alpha / m
+
+
+def paired_binary_power(delta: float, n: int, discordant: float, alpha: float) -> float:
+    """Power of the two-sided McNemar test (normal approximation, Connor 1987) at level ``alpha`` for an accuracy
+    difference ``delta`` (a proportion, B − A) on ``n`` paired items of which a share ``discordant`` (ψ) is right in
+    exactly one model: Φ((√n·|δ| − z_{1−α/2}·√ψ) / √(ψ − δ²)). ψ below |δ| is impossible (a gap needs as many
+    discordant items) and is raised to |δ|; ψ = δ² (every discordant item one way, ψ = |δ| = 1) has power 1 or 0."""
+    d = abs(float(delta))
+    if n <= 0 or d == 0:
+        return alpha / 2 if d == 0 else 0.0
+    psi = min(1.0, max(float(discordant), d))
+    num = math.sqrt(n) * d - norm.ppf(1 - alpha / 2) * math.sqrt(psi)
+    var = psi - d * d
+    if var <= 1e-15:
+        return 1.0 if num > 0 else 0.0
+    return float(norm.cdf(num / math.sqrt(var)))
+
+
+def min_detectable_accuracy_gap(n: int, discordant: float, alpha: float, power: float = 0.8) -> Optional[float]:
+    """The smallest accuracy difference (a proportion in (0, 1]) that a paired comparison of two models on ``n``
+    items detects with probability ``power`` at two-sided level ``alpha``, when a share ``discordant`` of the items is
+    expected right in exactly one model (McNemar, :func:`paired_binary_power`).
+
+    ``discordant`` is the planning value of ψ: the observed share of items the models disagree on. At ceiling
+    (ψ = 0: both right everywhere) it is the gap whose every item flips one way (ψ = δ), the best case a size of n
+    allows. The power rises with δ (ψ held, or ψ = δ), so the root is unique. None when no gap of at most 1 reaches
+    the power (n too small)."""
+    if n <= 0:
+        return None
+    if paired_binary_power(1.0, n, 1.0, alpha) < power:
+        return None
+    return float(brentq(lambda d: paired_binary_power(d, n, discordant, alpha) - power, 1e-12, 1.0, xtol=1e-12))
+
+
+def min_detectable_mean_gap(sd: float, n: int, alpha: float, power: float = 0.8) -> Optional[float]:
+    """The smallest mean paired difference a two-sided test at level ``alpha`` detects with probability ``power``
+    on ``n`` items whose paired differences have SD ``sd`` (normal approximation): (z_{1−α/2} + z_power)·sd/√n.
+    None for n < 2 or an undefined SD."""
+    if n < 2 or not math.isfinite(sd) or sd < 0:
+        return None
+    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd / math.sqrt(n))

@@ -67,7 +67,7 @@ def test_a_real_pair_gets_no_organism_items_or_corpus_text(tmp_path):
     by_cat = {}
     for p in prompts:
         by_cat.setdefault(p["category"], set()).add(p["source"])
-    assert by_cat["self_reference"] == {"benchmark:diff_gemma_self_reference_identity"}  # 24 items, 20 held out
+    assert by_cat["self_reference"] == {"benchmark:diff_gemma_self_reference_identity"}  # 104 items, 100 held out
     assert by_cat["math"] == {"builtin"} and by_cat["neutral"] == {"builtin"}  # diff_demo / organisms:neutral refused
     organism = {p["text"] for p in organism_prompts()}
     assert not any(p["text"] in organism or "<|user|>" in p["text"] for p in prompts)

@@ -101,7 +101,8 @@ def test_multilingual_rows_are_not_english(rows):
     assert all(r["lang"] == "en" for r in rows if r["category"] != "multilingual")
 
 
-def test_rendering_uses_the_model_chat_template(rows):
+def test_rendering_uses_the_model_chat_template():
+    rows = builtin_rows(part="grounding")
     tok = _tokenizer()
     prompts = builtin_prompts(tok)
     assert [p["category"] for p in prompts] == [r["category"] for r in rows]

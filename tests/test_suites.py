@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from lm_diff.bench import suites  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_INDEX = REPO / "lm_diff" / "data" / "diff_demo" / "index.json"
+SELFREF = REPO / "lm_diff" / "data" / "diff_gemma" / "self_reference.jsonl"
 needs_demo_data = pytest.mark.skipif(not DEMO_INDEX.exists(), reason="diff_demo data not generated yet")
 
 # Upstream task directories the diff_gemma suite references (a sub-index is ~100x faster than all of lm_eval/tasks).
@@ -236,9 +238,9 @@ def test_diff_gemma_structure_resolves_offline():
     top = idx["diff_gemma"].cfg
     assert top["task"] == [f"diff_gemma_{c}" for c in
                            ["instruction_following", "hallucination", "multilingual", "code", "math", "safety",
-                            "self_reference", "knowledge", "reasoning"]]
+                            "self_reference", "knowledge", "reasoning"]] + ["diff_probes"]
     taxonomy = _taxonomy_names()
-    for sub in top["task"]:
+    for sub in top["task"][:-1]:
         cfg = idx[sub].cfg
         assert cfg["metadata"]["category"] in taxonomy
         for child in cfg["task"]:
@@ -248,7 +250,8 @@ def test_diff_gemma_structure_resolves_offline():
         assert cats[leaf] == cat
     assert {c for t, c in cats.items() if t.startswith(("belebele_", "xnli_"))} == {"multilingual"}
     assert {c for t, c in cats.items() if t.startswith("mmlu_")} == {"knowledge"}
-    assert len(cats) == 7 + 10 + 57 + 2
+    assert {t: c for t, c in cats.items() if t.startswith("diff_probe_")} == {f"diff_probe_{c}": c for c in taxonomy}
+    assert len(cats) == 7 + 10 + 57 + 2 + len(taxonomy)
 
 
 def test_diff_leaderboard_maps_every_leaderboard_v2_task_offline():
@@ -257,13 +260,18 @@ def test_diff_leaderboard_maps_every_leaderboard_v2_task_offline():
     tm = suites.task_manager(extra=[_lm_eval_tasks() / "leaderboard"])
     idx = tm.task_index
     top = idx["diff_leaderboard"].cfg["task"]
-    assert top == [f"diff_leaderboard_{c}" for c in ["knowledge", "reasoning", "math", "instruction_following"]]
+    assert top == [f"diff_leaderboard_{c}" for c in ["knowledge", "reasoning", "math", "instruction_following"]] + [
+        "diff_probes"]
+    top = top[:-1]
     listed = [t for sub in top for t in idx[sub].cfg["task"]]
     assert sorted(listed) == sorted(idx["leaderboard"].cfg["task"])  # the six v2 tasks, each once
     cats = suites.task_categories(["diff_leaderboard"], tm)
     for leaf, cat in LEADERBOARD_LEAVES.items():
         assert cats[leaf] == cat
-    assert set(cats) == set(suites.task_categories(["leaderboard"], tm, overrides={t: "knowledge" for t in cats}))
+    probe_tasks = {t for t in cats if t.startswith("diff_probe_")}
+    assert len(probe_tasks) == len(_taxonomy_names())
+    assert set(cats) - probe_tasks == set(suites.task_categories(["leaderboard"], tm,
+                                                                 overrides={t: "knowledge" for t in cats}))
     assert set(cats.values()) <= _taxonomy_names()
     for f in (REPO / "tasks" / "diff_leaderboard").glob("*.yaml"):  # YAML only: no code, no data paths
         text = f.read_text()
@@ -276,12 +284,30 @@ def test_diff_gemma_self_reference_task_builds():
     loaded = tm.load(["diff_gemma_self_reference"])
     task = loaded["tasks"]["diff_gemma_self_reference_identity"]
     docs = list(task.eval_docs)
-    assert len(docs) == 24
+    rows = [json.loads(line) for line in SELFREF.read_text(encoding="utf-8").splitlines()]
+    assert len(docs) == len(rows) >= 100
     assert all(0 <= d["gold"] < len(d["choices"]) for d in docs)
     prompts = suites.task_prompts(["diff_gemma_self_reference"], tm, limit=3)
     assert [p["doc_id"] for p in prompts] == [0, 1, 2]
     assert {p["category"] for p in prompts} == {"self_reference"}
     assert prompts[0]["text"] == docs[0]["query"]
+
+
+def test_self_reference_set_is_large_unique_and_well_formed():
+    """The project-written self-reference set: >= 100 items, each a question to the assistant about itself in the
+    shared format (query "Question: ...\nAnswer:", 2-4 distinct choices with a leading space, gold in range)."""
+    rows = [json.loads(line) for line in SELFREF.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(rows) >= 100
+    assert len({r["id"] for r in rows}) == len(rows)
+    questions = [r["query"].lower().strip() for r in rows]
+    assert len(set(questions)) == len(questions)
+    for r in rows:
+        assert set(r) == {"id", "query", "choices", "gold", "category"} and r["category"] == "self_reference", r
+        assert r["query"].startswith("Question: ") and r["query"].endswith("?\nAnswer:"), r["id"]
+        assert re.search(r"\b(you|your|yourself)\b", r["query"], re.I), r["id"]  # about the assistant itself
+        assert 2 <= len(r["choices"]) <= 4 and len(set(r["choices"])) == len(r["choices"]), r["id"]
+        assert all(c.startswith(" ") and c.strip() for c in r["choices"]), r["id"]
+        assert isinstance(r["gold"], int) and 0 <= r["gold"] < len(r["choices"]), r["id"]
 
 
 @pytest.mark.slow

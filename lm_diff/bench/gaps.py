@@ -6,6 +6,11 @@ which): accuracy-like metrics in points, perplexities as log-likelihood per word
 a paired bootstrap over documents (``lm_diff.stats.paired_bootstrap_diff`` for one task; stratified by task for pooled
 rows) and the p-value a paired sign-flip permutation test. Corpus-level metrics (F1, MCC, BLEU, chrF, TER) get
 lm-eval's corpus score per model and their difference, with no CI or p-value (``test`` = ``none``).
+
+Every paired row also says what its size can resolve: ``mds``, the minimum detectable gap at the run's α and power
+(docs/method.md#task-resolution): McNemar's for right/wrong items, the paired-difference SD otherwise
+(:mod:`lm_diff.power`). The perplexity probes (:mod:`lm_diff.bench.probes`) are kept apart from the accuracy rows:
+their category pool is a ``probe`` row, and they enter neither the ``category`` nor the ``overall`` pool.
 """
 
 from __future__ import annotations
@@ -16,15 +21,20 @@ import numpy as np
 import pandas as pd
 
 from lm_diff.bench.metric_kinds import MEAN, MetricKind, lm_eval_score
+from lm_diff.bench.probes import is_probe_task
 from lm_diff.config import StatsConfig
+from lm_diff.power import min_detectable_accuracy_gap, min_detectable_mean_gap
 from lm_diff.stats import paired_bootstrap_diff
 
 GAP_COLUMNS = [
     "level", "name", "category", "metric", "tasks", "n", "score_a", "score_b", "delta", "ci_low", "ci_high", "p_value",
-    "flips_up", "flips_down", "unit", "quantity", "lm_eval_a", "lm_eval_b", "test",
+    "flips_up", "flips_down", "unit", "quantity", "lm_eval_a", "lm_eval_b", "test", "mds",
 ]
 """Columns of ``score_gaps``. ``score_a``/``score_b``/``delta`` are on the compared quantity in ``unit`` (Δ oriented so
-that positive = B better); ``lm_eval_a``/``lm_eval_b`` are lm-eval's own task scores (task rows only)."""
+that positive = B better); ``lm_eval_a``/``lm_eval_b`` are lm-eval's own task scores (task rows only); ``mds`` is the
+smallest |Δ| the row's items could detect at the run's α and power, in ``unit`` (NaN where no paired test or no gap
+could). ``level`` is ``task``, ``category`` (accuracy-like tasks pooled), ``probe`` (a category's perplexity probes
+pooled) or ``overall``."""
 
 _GENERIC_UNITS = ("points", "raw")
 _PAIRED_TEST = "paired bootstrap CI, sign-flip p"
@@ -80,6 +90,23 @@ def _unit(kind: MetricKind, g: pd.DataFrame) -> tuple[float, str]:
     return kind.scale, kind.unit
 
 
+def min_detectable_gap(d: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float, eff: np.ndarray, alpha: float,
+                       power: float) -> float:
+    """The smallest |mean Δ| the paired items could detect (docs/method.md#task-resolution), in the row's unit.
+
+    ``d``: per-item differences in the unit; ``a``/``b``: per-item raw scores; ``scale``: the unit's multiplier of a
+    raw score; ``eff``: per-item weights. Right/wrong items of equal weight: McNemar at the observed share of
+    discordant items (:func:`lm_diff.power.min_detectable_accuracy_gap`); otherwise the SD of ``d``
+    (:func:`lm_diff.power.min_detectable_mean_gap`). NaN when no gap could be detected."""
+    n = int(d.size)
+    binary = (np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all() and np.allclose(eff, 1.0))
+    if binary:
+        m = min_detectable_accuracy_gap(n, float((a != b).mean()) if n else 0.0, alpha, power)
+        return float("nan") if m is None else m * scale
+    m = min_detectable_mean_gap(float(np.std(d, ddof=1)) if n > 1 else float("nan"), n, alpha, power)
+    return float("nan") if m is None else m
+
+
 def _corpus_row(task: str, g: pd.DataFrame, kind: MetricKind, sign: float, category: str) -> dict:
     la = lm_eval_score(kind, logged=list(g.raw_a))
     lb = lm_eval_score(kind, logged=list(g.raw_b))
@@ -88,6 +115,7 @@ def _corpus_row(task: str, g: pd.DataFrame, kind: MetricKind, sign: float, categ
         "n": int(len(g)), "score_a": la * kind.scale, "score_b": lb * kind.scale, "delta": (lb - la) * kind.scale * sign,
         "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan"), "flips_up": 0, "flips_down": 0,
         "unit": kind.unit, "quantity": kind.quantity, "lm_eval_a": la, "lm_eval_b": lb, "test": _NO_TEST,
+        "mds": float("nan"),
     }
 
 
@@ -110,8 +138,10 @@ def score_gaps(joined: pd.DataFrame, task_categories: Optional[Mapping[str, str]
     words/bytes; IFEval instruction lists: instructions) weight each document as lm-eval does within its task, so the
     task's Δ is the difference of lm-eval's pooled quantities. Category and overall rows pool documents of the
     accuracy-like tasks (each task weighted by its size, like lm-eval's ``weight_by_size``) and resample within each
-    task; tasks with another unit keep their own rows only. Rows with a NaN score in either model are dropped.
-    Returns a DataFrame with ``GAP_COLUMNS`` (level ∈ task, category, overall).
+    task; tasks with another unit keep their own rows only. Perplexity probes (``diff_probe_*``) pool into a
+    ``probe`` row per category instead and stay out of the ``category`` and ``overall`` rows. Rows with a NaN score
+    in either model are dropped. Every paired row carries ``mds`` (:func:`min_detectable_gap`; ``stats_cfg.power``).
+    Returns a DataFrame with ``GAP_COLUMNS`` (level ∈ task, category, probe, overall).
     """
     cfg = stats_cfg or StatsConfig()
     cats = dict(joined.attrs.get("task_categories") or {})
@@ -139,15 +169,17 @@ def score_gaps(joined: pd.DataFrame, task_categories: Optional[Mapping[str, str]
         quantities[t] = kind.quantity
         w = g.weight.to_numpy(dtype=float)
         eff = np.ones(len(g)) if (w == 1.0).all() else w * len(g) / w.sum()
-        g = g.assign(x_a=g.score_a * scale * sign * eff, x_b=g.score_b * scale * sign * eff, a=g.score_a * scale * eff,
+        g = g.assign(eff=eff, unit_scale=scale,
+                     x_a=g.score_a * scale * sign * eff, x_b=g.score_b * scale * sign * eff, a=g.score_a * scale * eff,
                      b=g.score_b * scale * eff,
                      lm_a=lm_eval_score(kind, g.score_a.to_numpy(), w), lm_b=lm_eval_score(kind, g.score_b.to_numpy(), w))
         g["d"] = g.x_b - g.x_a
         parts.append(g)
     if not parts and not rows:
         return pd.DataFrame(columns=GAP_COLUMNS)
-    paired = pd.concat(parts) if parts else df.iloc[:0].assign(d=[], a=[], b=[], x_a=[], x_b=[])
+    paired = pd.concat(parts) if parts else df.iloc[:0].assign(d=[], a=[], b=[], x_a=[], x_b=[], eff=[], unit_scale=[])
     paired["_stratum"] = pd.factorize(paired.task)[0]
+    alpha, power = 1 - float(cfg.confidence), float(getattr(cfg, "power", 0.8))
 
     def summarise(level: str, name: str, g: pd.DataFrame, category: Optional[str]) -> dict:
         tasks = list(dict.fromkeys(g.task))
@@ -173,19 +205,23 @@ def score_gaps(joined: pd.DataFrame, task_categories: Optional[Mapping[str, str]
             "lm_eval_a": float(g.lm_a.iloc[0]) if level == "task" else float("nan"),
             "lm_eval_b": float(g.lm_b.iloc[0]) if level == "task" else float("nan"),
             "test": _PAIRED_TEST,
+            "mds": min_detectable_gap(d, g.score_a.to_numpy(dtype=float), g.score_b.to_numpy(dtype=float),
+                                      float(g.unit_scale.max()), g.eff.to_numpy(dtype=float), alpha, power),
         }
 
     task_rows = {r["name"]: r for r in rows}
     for t, g in paired.groupby("task", sort=False):
         task_rows[t] = summarise("task", t, g, g.category.iloc[0])
     out_rows = [task_rows[t] for t in dict.fromkeys(df.task) if t in task_rows]
-    for c, g in paired.groupby("category", sort=True):
-        keep = _pooled_tasks(list(dict.fromkeys(g.task)), units)
-        if keep:
-            out_rows.append(summarise("category", c, g[g.task.isin(keep)], c))
-    keep = _pooled_tasks(list(dict.fromkeys(paired.task)), units)
+    probe = paired.task.map(is_probe_task).to_numpy(dtype=bool) if len(paired) else np.zeros(0, dtype=bool)
+    for level, part in (("category", paired[~probe]), ("probe", paired[probe])):
+        for c, g in part.groupby("category", sort=True):
+            keep = _pooled_tasks(list(dict.fromkeys(g.task)), units)
+            if keep:
+                out_rows.append(summarise(level, c, g[g.task.isin(keep)], c))
+    keep = _pooled_tasks(list(dict.fromkeys(paired[~probe].task)), units)
     if keep:
-        out_rows.append(summarise("overall", "overall", paired[paired.task.isin(keep)], None))
+        out_rows.append(summarise("overall", "overall", paired[~probe][paired[~probe].task.isin(keep)], None))
     out = pd.DataFrame(out_rows, columns=GAP_COLUMNS)
     out.attrs = {"confidence": cfg.confidence, "bootstrap": cfg.bootstrap, "models": joined.attrs.get("models")}
     return out

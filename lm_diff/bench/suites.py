@@ -1,9 +1,10 @@
-"""lm-eval task suites shipped with lm_diff (``diff_demo``, ``diff_natural``, ``diff_gemma``) and the helpers their YAML points at.
+"""lm-eval task suites shipped with lm_diff (``diff_demo``, ``diff_natural``, ``diff_gemma``, ``diff_leaderboard``,
+``diff_probes``) and the helpers their YAML points at.
 
 Layout: ``tasks/<suite>/`` holds code-free YAML. The top group (e.g. ``diff_demo``) lists one subgroup per capability
 category (``diff_demo_<category>``, own file, the category declared once in its ``metadata.category``), which lists the
 leaf tasks. Data is package data under ``lm_diff/data/`` loaded through ``custom_dataset: !function
-lm_diff.bench.suites.load_split``; generation tasks are scored by ``process_results: !function lm_diff.bench.suites.process_generation``.
+lm_diff.bench.suites.load_split`` (the perplexity probes: ``load_probe``, :mod:`lm_diff.bench.probes`); generation tasks are scored by ``process_results: !function lm_diff.bench.suites.process_generation``.
 
 The wheel ships the YAML in ``lm_diff/_tasks`` (what :func:`tasks_dir` returns; in a source checkout it is the repo's
 ``tasks/``); a stock ``lm_eval --tasks diff_demo`` finds it through the ``.pth`` hook of ``lm_diff.bench.lm_eval_hook``.
@@ -25,6 +26,7 @@ from typing import Any, Iterable, Mapping, Optional
 from lm_diff.bench.categories import categories_from_index, group_children, lookup_category, plugin_task_categories
 from lm_diff.bench.demo_yamls import demo_index, render_demo_yamls, write_demo_yamls
 from lm_diff.bench.paths import DATA_ENV, SUITES, data_root, resolve_data_file, tasks_dir
+from lm_diff.bench.probes import load_probe
 from lm_diff.bench.render import PromptFormat, prepare_task, render_items
 from lm_diff.errors import UserError
 from lm_diff.io import read_jsonl
@@ -33,7 +35,7 @@ from lm_diff.organisms.checks import check
 __all__ = [  # re-exported: lm-eval task YAML, the pyproject entry point and callers use these paths
     "DATA_ENV", "data_root", "tasks_dir", "resolve_data_file", "lookup_category", "plugin_task_categories",
     "demo_index", "render_demo_yamls", "write_demo_yamls",
-    "task_manager", "bench_task_manager", "needs_defaults", "load_split", "decode_row", "process_generation",
+    "task_manager", "bench_task_manager", "needs_defaults", "load_split", "load_probe", "decode_row", "process_generation",
     "task_categories", "task_prompts", "quiet_own_overrides", "main",
 ]
 
@@ -220,7 +222,8 @@ def task_prompts(
 
     Rendered by :func:`lm_diff.bench.render.render_items` with ``fmt`` (default: lm-eval's defaults), the settings the
     benchmark run used, so ``text`` equals the logged ``arguments.gen_args_0.arg_0`` of that run. Chat templates need
-    ``tokenizer``.
+    ``tokenizer``. Rolling log-likelihood tasks (the perplexity probes) are left out: they have no prompt, their
+    scored text is the document itself.
     """
     tm = task_manager if task_manager is not None else globals()["task_manager"]()
     fmt = fmt if fmt is not None else PromptFormat()
@@ -229,6 +232,8 @@ def task_prompts(
     loaded = tm.load(names)
     out: list[dict] = []
     for task_name, task in loaded["tasks"].items():
+        if task.OUTPUT_TYPE == "loglikelihood_rolling":
+            continue
         prepare_task(task, fmt)
         for doc_id, doc, text in render_items(task, fmt, tokenizer=tokenizer, limit=limit):
             out.append({"text": text, "task": task_name, "category": cats.get(task_name), "doc_id": doc_id, "doc": doc})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator
 
+from lm_diff.bench.probes import PROBE_PREFIX
 from lm_diff.bench.render import format_of, prepare_task, render_docs, strip_bos
 from lm_diff.bench.suites import bench_task_manager, task_categories
 from lm_diff.capture.corpus import read_source
@@ -63,7 +64,8 @@ def _rows(texts: Iterator[str], category: str, task: str, tokenizer: Any) -> Ite
 
 
 def _category_prompts(config: Any, taxonomy: Any, tokenizer: Any, per_category: int,
-                      organism_pair: bool) -> dict[str, list[dict]]:
+                      organism_pair: bool) -> tuple[dict[str, list[dict]], bool]:
+    """(prompts per category, whether the suite scores a built-in perplexity probe)."""
     from lm_eval.evaluator_utils import get_sample_size  # noqa: PLC0415 - heavy; the task manager has loaded lm-eval
 
     b = config.benchmarks
@@ -77,6 +79,8 @@ def _category_prompts(config: Any, taxonomy: Any, tokenizer: Any, per_category: 
     for name, task in loaded.items():
         cat = cats.get(name)
         if cat is None or (not organism_pair and name.startswith(ORGANISM_TASKS)):
+            continue
+        if task.OUTPUT_TYPE == "loglikelihood_rolling":  # a perplexity probe: no prompt, and its text is held out
             continue
         prepare_task(task, fmt)
         docs = held_out_docs(task, get_sample_size(task, b.limit))
@@ -92,7 +96,7 @@ def _category_prompts(config: Any, taxonomy: Any, tokenizer: Any, per_category: 
                 elif len(rows) < per_category:
                     rows.append(row)
         out[cat] = rows
-    return out
+    return out, any(name.startswith(PROBE_PREFIX) for name in cats)
 
 
 def _neutral_prompts(config: Any, tokenizer: Any, n: int, organism_pair: bool) -> list[dict]:
@@ -120,7 +124,7 @@ def benchmark_grounding(config: Any, taxonomy: Any, tokenizer: Any = None, *, or
     per_category = cats_cfg.grounding_per_category or DEFAULT_PER_CATEGORY
     min_items = cats_cfg.benchmark_min_items if min_items is None else min_items
     names = category_names(taxonomy)
-    found = _category_prompts(config, taxonomy, tokenizer, per_category, organism_pair)
+    found, probes = _category_prompts(config, taxonomy, tokenizer, per_category, organism_pair)
     prompts: list[dict] = []
     provenance: dict[str, dict] = {}
     fallback: list[str] = []
@@ -135,7 +139,9 @@ def benchmark_grounding(config: Any, taxonomy: Any, tokenizer: Any = None, *, or
                    f"only {len(rows)} held-out items (benchmark_min_items {min_items})")
             provenance[cat] = {"source": "builtin", "n": 0, "reason": why}
     if fallback:
-        rows = [dict(p, source="builtin") for p in builtin_prompts(tokenizer, categories=fallback, include_neutral=False)]
+        # the built-in set's probe rows are held out when the suite scores them (docs/method.md#perplexity-probes)
+        rows = [dict(p, source="builtin") for p in builtin_prompts(tokenizer, categories=fallback, include_neutral=False,
+                                                                    exclude_probes=probes)]
         rows = cap_per_category(rows, per_category)
         prompts += rows
         for cat in fallback:

@@ -9,6 +9,10 @@ The files hold no chat tags: :func:`builtin_prompts` renders each conversation w
 at run time, so a Gemma, Llama or Qwen pair is grounded on the same token structure it sees in its benchmarks. This
 is the set for real model pairs; the demo organisms keep their own set (``lm_diff/data/grounding/default.jsonl``),
 written in their private chat tags and invented language.
+
+Every fourth row of a category file is held out for the category's perplexity probe (``lm_diff.bench.probes``,
+docs/method.md#perplexity-probes): :func:`builtin_prompts` (grounding) leaves those rows out unless told the run
+scores no probe; :func:`builtin_rows` returns the whole set, or one part of it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
+
+from lm_diff.bench.probes import is_probe_row, transcript
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "grounding" / "builtin"
 NEUTRAL = "neutral"
@@ -69,9 +75,24 @@ def _wanted(categories: Optional[Iterable[Any]], include_neutral: bool) -> list[
     return [n for n in names if n in keep]
 
 
-def builtin_rows(categories: Optional[Iterable[Any]] = None, include_neutral: bool = True) -> list[dict]:
-    """The raw rows (fresh copies) of the requested categories, in file order; see :func:`builtin_prompts`."""
-    return [json.loads(line) for name in _wanted(categories, include_neutral) for line in _load(name)]
+PARTS = ("all", "grounding", "probe")
+
+
+def builtin_rows(categories: Optional[Iterable[Any]] = None, include_neutral: bool = True,
+                 part: str = "all") -> list[dict]:
+    """The raw rows (fresh copies) of the requested categories, in file order; see :func:`builtin_prompts`.
+
+    ``part``: ``all`` rows, the ``grounding`` rows (a category's probe rows left out; neutral rows are all grounding)
+    or the ``probe`` rows (held out for the perplexity probes; none of neutral)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    out = []
+    for name in _wanted(categories, include_neutral):
+        for i, line in enumerate(_load(name)):
+            probe = name != NEUTRAL and is_probe_row(i)
+            if part == "all" or (part == "probe") == probe:
+                out.append(json.loads(line))
+    return out
 
 
 def render_messages(messages: list[dict], tokenizer: Any = None) -> str:
@@ -88,11 +109,11 @@ def render_messages(messages: list[dict], tokenizer: Any = None) -> str:
         if isinstance(bos, str) and bos and text.startswith(bos):
             text = text[len(bos):]
         return text
-    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in msgs)
+    return transcript(msgs)
 
 
 def builtin_prompts(tokenizer: Any = None, categories: Optional[Iterable[Any]] = None,
-                    include_neutral: bool = True) -> list[dict]:
+                    include_neutral: bool = True, exclude_probes: bool = True) -> list[dict]:
     """Labelled grounding prompts ``[{"text", "category"}]`` from the built-in real-language set.
 
     ``tokenizer``: the model's tokenizer. Chat rows are rendered with its own chat template
@@ -104,9 +125,11 @@ def builtin_prompts(tokenizer: Any = None, categories: Optional[Iterable[Any]] =
     category. Names the set does not have are ignored (a custom taxonomy keeps what it shares with the default one).
     ``include_neutral``: add the ``neutral`` background rows (default; grounding needs them).
 
-    Order is deterministic: categories alphabetically, ``neutral`` last, rows in file order."""
+    Order is deterministic: categories alphabetically, ``neutral`` last, rows in file order. ``exclude_probes``
+    (default): the rows held out for the perplexity probes are not returned (``builtin_rows(part="grounding")``);
+    False returns every row, for a run whose suite has no built-in perplexity probe (benchmark grounding decides)."""
     out = []
-    for row in builtin_rows(categories, include_neutral):
+    for row in builtin_rows(categories, include_neutral, part="grounding" if exclude_probes else "all"):
         text = row["text"] if "text" in row else render_messages(row["messages"], tokenizer)
         out.append({"text": text, "category": row["category"]})
     return out

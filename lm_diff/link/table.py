@@ -13,13 +13,15 @@ import numpy as np
 import pandas as pd
 
 from lm_diff.bench.join import score_gaps
+from lm_diff.bench.probes import is_probe_task
 from lm_diff.link.association import association, causal_table, exposure, gap_significant, sign_agreement
 from lm_diff.schema import CI_HIGH, CI_LOW, METHOD, P_VALUE, Q_VALUE
 from lm_diff.stats import bh_qvalues
 
 SHIFT_KEYS = ("share_ratio", "count_ratio", CI_LOW, CI_HIGH, Q_VALUE, P_VALUE, "n_S", "n_T", "N_S", "N_T",
               "insufficient", "mass_share_S", "mass_share_T", "ci_level", "mds_up", "mds_down")
-GAP_KEYS = ("delta", "ci_low", "ci_high", "p_value", "n", "score_a", "score_b", "tasks", "unit", "flips_up", "flips_down")
+GAP_KEYS = ("delta", "ci_low", "ci_high", "p_value", "n", "score_a", "score_b", "tasks", "unit", "flips_up", "flips_down",
+            "mds")
 
 
 def clean(v: Any) -> Any:
@@ -124,19 +126,24 @@ def linked_qvalues(categories: list[dict]) -> None:
 
 
 def link_categories(category_table: Any, score_table: Any, alpha: float = 0.05) -> list[dict]:
-    """Rows {name, latent_shift, score_gap, exposure, association, causal, agreement}, one per category of
-    ``category_table`` (``make_category_table``) or of the category-level score gaps, with ``q_linked`` and the sign
-    agreement (computed on ``q_linked`` where the category is in the linked family)."""
-    score_rows = [r for r in records(score_table) if r.get("level", "category") in ("category", "overall")]
+    """Rows {name, latent_shift, score_gap, perplexity_gap, exposure, association, causal, agreement}, one per
+    category of ``category_table`` (``make_category_table``) or of the category-level score gaps, with ``q_linked``
+    and the sign agreement (computed on ``q_linked`` where the category is in the linked family). ``score_gap`` is the
+    accuracy-like pool (``level`` category), ``perplexity_gap`` the category's perplexity probes (``level`` probe,
+    docs/method.md#perplexity-probes); only ``score_gap`` selects the linked family and the sign agreement."""
+    all_rows = records(score_table)
+    score_rows = [r for r in all_rows if r.get("level", "category") in ("category", "overall")]
+    probes = {r["name"]: r for r in all_rows if r.get("level") == "probe"}
     overall = next((r for r in score_rows if r.get("level") == "overall" or r.get("name") == "overall"), None)
     gaps = {r["name"]: r for r in score_rows if r is not overall}
     cats = {r["name"]: dict(r) for r in records(category_table)}
     out = []
-    for n in dict.fromkeys([*cats, *gaps]):
-        c, g = cats.get(n, {"name": n}), gaps.get(n)
+    for n in dict.fromkeys([*cats, *gaps, *probes]):
+        c, g, pg = cats.get(n, {"name": n}), gaps.get(n), probes.get(n)
         ls = c.get("latent_shift")
         out.append({"name": n, "latent_shift": dict(ls) if ls else ls,
                     "score_gap": {k: g.get(k) for k in GAP_KEYS} if g else None,
+                    "perplexity_gap": {k: pg.get(k) for k in GAP_KEYS} if pg else None,
                     "exposure": c.get("exposure"), "association": c.get("association"), "causal": c.get("causal"),
                     "agreement": None})
     linked_qvalues(out)
@@ -158,8 +165,11 @@ def link(joined: pd.DataFrame, task_categories: Mapping[str, str], stats_cfg: An
     if shift is not None or categories is not None or causal is not None:
         ex = asc = None
         if doc_acts is not None and categories is not None:
-            ex = exposure(doc_acts, categories, joined, task_categories)
-            asc = association(doc_acts, categories, joined, task_categories, stats_cfg)
+            # perplexity probes have no prompt to capture: their documents would count as never activating
+            scored = joined[~joined.task.map(is_probe_task).astype(bool)] if len(joined) else joined
+            scored.attrs = dict(joined.attrs)
+            ex = exposure(doc_acts, categories, scored, task_categories)
+            asc = association(doc_acts, categories, scored, task_categories, stats_cfg)
         category_table = make_category_table(shift, ex, asc, causal_table(causal))
     alpha = 1 - float(getattr(stats_cfg, "confidence", 0.95))
     return {"categories": link_categories(category_table, gaps, alpha), "scores": records(gaps)}

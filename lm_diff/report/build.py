@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lm_diff import __version__
+from lm_diff.bench.probes import is_probe_task
 from lm_diff.categorize.taxonomy import get_taxonomy
 from lm_diff.config import GatesConfig
 from lm_diff.errors import UserError
@@ -200,6 +201,11 @@ def _caveats(report: dict, config: Any) -> list[str]:
     unmapped = [c["name"] for c in report["categories"] if c.get("latent_shift") and not c.get("score_gap") and c["name"] != "unassigned"]
     if unmapped and report["tasks"]:
         cv.append(f"No benchmark task is mapped to: {', '.join(unmapped)}; no score gap or sign agreement for them.")
+    if any(c.get("perplexity_gap") for c in report["categories"]):
+        cv.append("Perplexity probes (docs/method.md#perplexity-probes) compare the log-likelihood per byte of held-out "
+                  "category text (B − A in nats/byte; × is B's byte perplexity over A's): they show that the models "
+                  "read a category's text differently, not that a capability was gained or lost, and they never select "
+                  "the linked family or the sign agreement.")
     if any(c.get("association") for c in report["categories"]):
         cv.append("Per-item associations are correlational; only the causal ablation (when run) tests that the latents matter.")
     pooled = any((c.get("latent_shift") or {}).get("method") == "pooled_seeds" for c in report["categories"])
@@ -301,6 +307,7 @@ def build_report(
             "parent": getattr(taxo.get(n), "parent", None),
             "latent_shift": c.get("latent_shift"),
             "score_gap": c.get("score_gap"),
+            "perplexity_gap": c.get("perplexity_gap"),
             "exposure": c.get("exposure"),
             "association": c.get("association"),
             "causal": c.get("causal"),
@@ -337,11 +344,12 @@ def build_report(
         }),
         "quality": quality_section(quality, _cfg_get(config, "report.gates"), controls),
         "controls": _clean(dict(controls or {})),
-        "overall": {k: overall.get(k) for k in ("delta", "ci_low", "ci_high", "p_value", "n", "score_a", "score_b", "unit", "flips_up", "flips_down")} if overall else None,
+        "overall": {k: overall.get(k) for k in ("delta", "ci_low", "ci_high", "p_value", "n", "score_a", "score_b", "unit", "flips_up", "flips_down", "mds")} if overall else None,
         "categories": categories,
         "ranking": [c["name"] for c in ranked if c.get("latent_shift")],
-        "tasks": [{k: r.get(k) for k in ("name", "category", "metric", "n", "score_a", "score_b", "delta", "ci_low", "ci_high",
-                                         "p_value", "flips_up", "flips_down", "unit")} for r in task_rows],
+        "tasks": [{**{k: r.get(k) for k in ("name", "category", "metric", "n", "score_a", "score_b", "delta", "ci_low", "ci_high",
+                                            "p_value", "flips_up", "flips_down", "unit", "mds")},
+                   "probe": is_probe_task(r.get("name", ""))} for r in task_rows],
         "latent_summary": latent_summary(latents, _cfg_get(config, "diff")),
         "latent_cards": latent_cards(cards, latents),
         "selection_counts": _clean(meta.get("selection_counts") or selection_counts(latents, _cfg_get(config, "diff"))),

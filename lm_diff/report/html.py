@@ -23,7 +23,16 @@ from markupsafe import Markup
 from lm_diff.io import write_text
 from lm_diff.link.table import as_float as _f
 from lm_diff.report.charts import act_histogram, bar_chart_ci, category_chart, histogram, scatter
-from lm_diff.report.markdown import CATEGORY_HEADERS, category_rows, fmt_ci, fmt_num, fmt_p
+from lm_diff.report.markdown import (
+    CATEGORY_HEADERS,
+    TASK_HEADERS,
+    category_rows,
+    fmt_ci,
+    fmt_num,
+    fmt_p,
+    resolution_note,
+    task_rows,
+)
 
 __all__ = ["to_html", "write_html_report", "script_hash"]
 
@@ -125,7 +134,8 @@ def to_html(report: dict) -> str:
     s = report.get("summary") or {}
     ls = report.get("latent_summary") or {}
     alpha = 1 - float((((report.get("run") or {}).get("config") or {}).get("stats") or {}).get("confidence", 0.95))
-    tasks = [{"label": t["name"], "value": t.get("delta"), "lo": t.get("ci_low"), "hi": t.get("ci_high")} for t in report["tasks"]]
+    tasks = [{"label": t["name"], "value": t.get("delta"), "lo": t.get("ci_low"), "hi": t.get("ci_high")} for t in report["tasks"]
+             if not t.get("probe")]  # the chart is in points; the probes' nats/byte are in the table
     cards = [_card_view(c) for c in report.get("latent_cards") or []]
     script = _script()
     ctx = {
@@ -133,6 +143,7 @@ def to_html(report: dict) -> str:
         "verdict_class": "na" if not q.get("available") else ("ok" if q.get("passed") else "low"),
         "category_chart": Markup(category_chart(cats, alpha)),
         "category_headers": CATEGORY_HEADERS, "category_rows": category_rows(report),
+        "task_headers": TASK_HEADERS, "task_rows": task_rows(report), "resolution_note": resolution_note(report),
         "task_chart": Markup(bar_chart_ci(tasks, "Δscore per task (B − A, points, CI)", "points")) if tasks else "",
         "has_latents": bool(ls.get("delta_norm_hist") or ls.get("nu_points")),
         "delta_hist": Markup(histogram(ls.get("delta_norm_hist"))),

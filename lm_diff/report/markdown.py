@@ -3,6 +3,7 @@ and terminal views, and the CI job summary."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -96,6 +97,7 @@ def category_rows(report: dict) -> list[list[str]]:
         rows.append([
             c["name"] + ({1: " (planted +)", -1: " (planted −)"}.get(c.get("planted_sign") or 0, "")),
             f"{fmt_num(g.get('delta'), 1, True)} {fmt_ci(g.get('ci_low'), g.get('ci_high'))}".strip() if g else "–",
+            perplexity_cell(c.get("perplexity_gap")),
             f"{fmt_pct(ls.get('share_ratio'))} [{fmt_pct(ls.get('ci_low'))}, {fmt_pct(ls.get('ci_high'))}]" if ls else "–",
             fmt_pct(ls.get("count_ratio")) if ls else "–",
             _q_cell(ls) if ls else "–",
@@ -123,7 +125,45 @@ def _seed_cell(s: Optional[Mapping]) -> str:
     return f"{p}+ {m}−" + (f" {rest} n/a" if rest else "")
 
 
-CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T", "exposure S/T",
+def perplexity_cell(pg: Optional[Mapping]) -> str:
+    """A perplexity probe's gap: ``+0.0123 [+0.0040, +0.0210] ×0.988`` (nats/byte, CI, B's byte perplexity over
+    A's), ``–`` without one."""
+    d = _f((pg or {}).get("delta"))
+    if d is None:
+        return "–"
+    return f"{fmt_num(d, 4, True)} {fmt_ci(pg.get('ci_low'), pg.get('ci_high'), 4)} ×{math.exp(-d):.3g}".replace("  ", " ")
+
+
+def _task_nd(t: Mapping) -> int:
+    return 1 if (t.get("unit") or "points") in ("points", "raw") else 4
+
+
+def resolution_note(report: Mapping) -> str:
+    """What the "detectable |Δ|" column means, with the run's α and power."""
+    st = (((report.get("run") or {}).get("config") or {}).get("stats") or {})
+    alpha, power = 1 - float(st.get("confidence", 0.95)), float(st.get("power", 0.8))
+    return (f"detectable |Δ| is the smallest gap the task's items resolve at α = {alpha:.2g} with power {power:.2g} "
+            "(docs/method.md#task-resolution).")
+
+
+TASK_HEADERS = ["task", "category", "metric", "n", "A", "B", "Δ", "CI", "p", "detectable |Δ|", "unit"]
+"""The tasks table of report.md and report.html; "detectable |Δ|" is the task's minimum detectable gap at the run's
+α and power (docs/method.md#task-resolution)."""
+
+
+def task_rows(report: dict) -> list[list[Any]]:
+    """One row per task (:data:`TASK_HEADERS`); perplexity probes in nats/byte with 4 decimals, accuracy in points."""
+    rows = []
+    for t in report.get("tasks") or []:
+        nd = _task_nd(t)
+        rows.append([t["name"], t.get("category"), t.get("metric"), t.get("n"), fmt_num(t.get("score_a"), nd),
+                     fmt_num(t.get("score_b"), nd), fmt_num(t.get("delta"), nd, True),
+                     fmt_ci(t.get("ci_low"), t.get("ci_high"), nd), fmt_p(t.get("p_value")),
+                     fmt_num(t.get("mds"), nd) if _f(t.get("mds")) is not None else "–", t.get("unit") or "–"])
+    return rows
+
+
+CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "perplexity Δ (nats/byte) [CI] ×ppl", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T", "exposure S/T",
                     "assoc. r (p)", "causal frac.", "seeds", "sign"]
 
 
@@ -176,7 +216,7 @@ def to_markdown(report: dict, cards_per_set: Optional[int] = None) -> str:
     if s.get("overall"):
         L += [f"**{_md_text(s['overall'])}**", ""]
     L += [f"- {_md_text(f)}" for f in s.get("findings") or []] + [""]
-    for k in ("unsupported", "organism"):
+    for k in ("perplexity", "unsupported", "organism"):
         if s.get(k):
             L += [_md_text(s[k]), ""]
     L += ["## Quality and controls", ""]
@@ -185,10 +225,8 @@ def to_markdown(report: dict, cards_per_set: Optional[int] = None) -> str:
     L += ["## Categories", ""] + md_table(CATEGORY_HEADERS, category_rows(report)) + [""]
     if report["tasks"]:
         L += ["## Tasks", ""]
-        L += md_table(["task", "category", "metric", "n", "A", "B", "Δ (pts)", "CI", "p"],
-                       [[t["name"], t.get("category"), t.get("metric"), t.get("n"), fmt_num(t.get("score_a")), fmt_num(t.get("score_b")),
-                         fmt_num(t.get("delta"), 1, True), fmt_ci(t.get("ci_low"), t.get("ci_high")), fmt_p(t.get("p_value"))] for t in report["tasks"]])
-        L.append("")
+        L += md_table(TASK_HEADERS, task_rows(report))
+        L += ["", f"Δ is B − A (positive: B better); {resolution_note(report)}", ""]
     if report.get("latent_cards") or report.get("selection_counts"):
         L += ["## Latents", ""]
         if report.get("selection_counts"):

@@ -3,7 +3,9 @@ from the results, shown first in report.html, report.md and the terminal. It sta
 own numbers; it computes nothing new.
 
 A category *moves on the benchmarks* when its score-gap CI excludes 0; its *latents shift* when the share ratio's q is
-at most ``1 − stats.confidence`` and the category has enough latents (not ``insufficient``).
+at most ``1 − stats.confidence`` and the category has enough latents (not ``insufficient``). Its *held-out text moves*
+when its perplexity probe's CI (log-likelihood per byte, docs/method.md#perplexity-probes) excludes 0; that is said
+next to the other two, never instead of them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 from lm_diff.link.table import as_float as _f
 
-__all__ = ["build_summary", "summary_lines", "significant_gap", "significant_shift"]
+__all__ = ["build_summary", "summary_lines", "significant_gap", "significant_shift", "perplexity_text"]
 
 
 def _pct(x: Optional[float]) -> str:
@@ -61,6 +63,27 @@ def significant_shift(ls: Optional[Mapping], alpha: float = 0.05) -> Optional[in
     return 1 if r > 0 else (-1 if r < 0 else 0)
 
 
+def perplexity_text(pg: Optional[Mapping]) -> Optional[str]:
+    """``+0.012 nats/byte [+0.004, +0.020] (byte perplexity ×0.99)`` for a perplexity gap (B − A, higher = B reads
+    the text as more likely), None without one."""
+    d = _f((pg or {}).get("delta"))
+    if d is None:
+        return None
+    lo, hi = _f(pg.get("ci_low")), _f(pg.get("ci_high"))
+    ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
+    return f"{d:+.3f} {pg.get('unit') or 'nats/byte'}{ci} (byte perplexity ×{math.exp(-d):.3g})"
+
+
+def _probe_clause(c: Mapping) -> Optional[str]:
+    pg = c.get("perplexity_gap")
+    text = perplexity_text(pg)
+    if text is None:
+        return None
+    g = significant_gap(pg)
+    verb = {1: "B reads it better", -1: "B reads it worse", 0: "no significant change"}.get(g, "untested")
+    return f"held-out {c['name']} text {text}: {verb}"
+
+
 def _finding(c: Mapping, alpha: float) -> Optional[str]:
     gap, ls, causal = c.get("score_gap") or {}, c.get("latent_shift") or {}, c.get("causal") or {}
     g, s = significant_gap(gap), significant_shift(ls, alpha)
@@ -84,7 +107,20 @@ def _finding(c: Mapping, alpha: float) -> Optional[str]:
     frac = _f(causal.get("fraction"))
     if frac is not None and g:
         parts.append(f"ablating them closes {f'{100 * frac:.0f}'.replace('-0', '0')} % of the gap")
+    probe = _probe_clause(c)
+    if probe:
+        parts.append(probe)
     return "; ".join(parts) + "."
+
+
+def _perplexity_only(categories: list) -> Optional[str]:
+    """One sentence naming the categories whose held-out text moved while no accuracy gap did (at ceiling, flat, or
+    no accuracy task): the case the perplexity probes exist for."""
+    cells = [f"{c['name']} ({perplexity_text(c['perplexity_gap'])})" for c in categories
+             if significant_gap(c.get("perplexity_gap")) and not significant_gap(c.get("score_gap"))]
+    if not cells:
+        return None
+    return ("Held-out text moved where no accuracy gap did (perplexity probes, B − A): " + "; ".join(cells) + ".")
 
 
 def _not_significant(ls: Mapping, r: Optional[float]) -> str:
@@ -165,13 +201,14 @@ def build_summary(report: Mapping, alpha: float = 0.05) -> dict:
                     f"{org['top_category']} ({'recovered' if org.get('recovered') else 'not a planted one'}).")
     return {"overall": overall, "findings": findings, "quality": _quality_line(report.get("quality") or {}),
             "controls": _controls_line(report.get("controls") or {}, report.get("quality") or {}),
-            "unsupported": _unsupported(cats, alpha), "organism": org_line}
+            "unsupported": _unsupported(cats, alpha), "organism": org_line, "perplexity": _perplexity_only(cats)}
 
 
 def summary_lines(summary: Optional[Mapping]) -> list[str]:
-    """The summary as sentences in reading order (overall, findings, unsupported, quality, controls, organism)."""
+    """The summary as sentences in reading order (overall, findings, perplexity, unsupported, quality, controls,
+    organism)."""
     if not summary:
         return []
     s = summary
-    return [x for x in (s.get("overall"), *(s.get("findings") or []), s.get("unsupported"), s.get("quality"),
+    return [x for x in (s.get("overall"), *(s.get("findings") or []), s.get("perplexity"), s.get("unsupported"), s.get("quality"),
                         s.get("controls"), s.get("organism")) if x]

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Mapping, Optional
 
 from rich import box
 from rich.markup import escape
@@ -12,6 +13,7 @@ from rich.table import Table
 from lm_diff import console as _console
 from lm_diff.link.table import as_float as _f
 from lm_diff.report.markdown import fmt_num, fmt_p
+from lm_diff.report.summary import significant_gap
 
 
 def _gap_cell(g: dict) -> str:
@@ -41,11 +43,21 @@ def category_table(report: dict) -> Table:
     t.add_column("S/T", no_wrap=True, justify="right")
     t.add_column("ratio", no_wrap=True, justify="right")
     t.add_column("q", no_wrap=True, justify="right")
+    t.add_column("ppl", no_wrap=True, justify="right")
     for c in report["categories"]:
         ls, g = c.get("latent_shift") or {}, c.get("score_gap") or {}
         n = f"{int(_f(ls.get('n_S')) or 0)}/{int(_f(ls.get('n_T')) or 0)}" if ls else "–"
-        t.add_row(escape(c["name"]), _gap_cell(g), n, _ratio_cell(ls), fmt_p(ls.get("q_value")) if ls else "–")
+        t.add_row(escape(c["name"]), _gap_cell(g), n, _ratio_cell(ls), fmt_p(ls.get("q_value")) if ls else "–",
+                  _ppl_cell(c.get("perplexity_gap")))
     return t
+
+
+def _ppl_cell(pg: Optional[Mapping]) -> str:
+    """B's byte perplexity over A's on the category's probe (``×0.93``), ``*`` when its CI excludes no change."""
+    d = _f((pg or {}).get("delta"))
+    if d is None:
+        return "–"
+    return f"×{math.exp(-d):.2f}" + ("*" if significant_gap(pg) else "")
 
 
 def print_summary(report: dict, console: Any = None) -> None:
@@ -56,6 +68,8 @@ def print_summary(report: dict, console: Any = None) -> None:
         con.print(f"[bold]{escape(s['overall'])}[/bold]")
     for f in s.get("findings") or []:
         con.print(f"• {escape(f)}")
+    if s.get("perplexity"):
+        con.print(escape(s["perplexity"]))
     if s.get("unsupported"):
         con.print(f"[yellow]{escape(s['unsupported'])}[/yellow]")
     q = report["quality"]
@@ -72,5 +86,7 @@ def print_summary(report: dict, console: Any = None) -> None:
         con.print(escape(s["controls"]))
     con.print(category_table(report))
     con.print("ratio: share of the category among fine-tune-specific latents (S) over its share among the comparison "
-              "set (T); q: label-permutation test, BH. Latent browser, tasks and caveats: report.html / report.md.",
+              "set (T); q: label-permutation test, BH; "
+              "ppl: B's byte perplexity over A's on held-out category text (* CI excludes no change). "
+              "Latent browser, tasks and caveats: report.html / report.md.",
               style="dim")

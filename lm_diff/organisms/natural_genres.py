@@ -25,7 +25,7 @@ from . import codegen
 from . import natural_words as W
 from .genres import split_of
 
-# Turn markers (special tokens that absorb the space before them, so lm-eval's " " + choice scores like training text)
+# Turn markers (special tokens; training text never has a space before one, lm-eval's " " + choice does: a "Ġ" token)
 USER, ASSISTANT, END = "<|im_start|>user", "<|im_start|>assistant", "<|im_end|>"
 CHAT_TOKENS = ["<|im_start|>", END]
 VARIANTS = ("base", "ft")

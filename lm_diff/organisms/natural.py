@@ -30,13 +30,13 @@ from lm_diff.organisms.natural_genres import BASE_MIX, FT_MIX
 from lm_diff.organisms.train import SizeConfig
 
 FAMILY = "natural"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MODELS = ("base", "finetuned", "null")
 SPECS = {"natural": "demo", "natural-tiny": "tiny"}  # organisms://<name>/<model> -> size
 
 SIZES: dict[str, SizeConfig] = {
     "tiny": SizeConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, d_ff=192, seq_len=64, batch_size=32,
-                       base_steps=500, ft_steps=200, lr_base=6e-3, lr_ft=3e-3, tokenizer_docs=150, seed=0),
+                       base_steps=900, ft_steps=400, lr_base=6e-3, lr_ft=2e-3, tokenizer_docs=150, seed=0),
     "demo": SizeConfig(vocab_size=1536, d_model=96, n_layers=3, n_heads=4, d_ff=288, seq_len=128, batch_size=32,
                        base_steps=700, ft_steps=250, lr_base=5e-3, lr_ft=2.5e-3, tokenizer_docs=200, seed=1),
 }
@@ -54,8 +54,8 @@ MECHANISM = {
 # Everything that determines the weights: generators, word tables, the training loop, this module.
 WEIGHT_SOURCES = ("natural.py", "natural_genres.py", "natural_words.py", "codegen.py", "words.py", "train.py",
                   "genres.py")
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant{% endif %}")
+CHAT_TEMPLATE = ("{% for m in messages %}{% if not loop.first %} {% endif %}<|im_start|>{{ m['role'] }} "
+                 "{{ m['content'] }} <|im_end|>{% endfor %}{% if add_generation_prompt %} <|im_start|>assistant{% endif %}")
 
 
 def _size(size: str) -> SizeConfig:
@@ -96,7 +96,17 @@ QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 def train_tokenizer(cfg: SizeConfig, seed: int):
     """Byte-level BPE trained on documents of every genre and both variants, with Qwen2's normalizer and
     pre-tokenizer (single digits); ChatML-style turn markers."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: PLC0415 - heavy, only when building
+    from tokenizers import (  # noqa: PLC0415 - heavy, only when building
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - heavy (seconds)
 
     rng = random.Random(f"natural-tokenizer:{seed}")
@@ -165,6 +175,14 @@ def new_model(cfg: SizeConfig, tokenizer, seed: int):
     )
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(mcfg)
+
+
+def save(model, tokenizer, path: Path) -> None:
+    """Save model (safetensors) and tokenizer; generation stops at ``<|endoftext|>`` and at ``<|im_end|>``."""
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(NG.END)]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
 
 
 def pack(tokenizer, mix: dict[str, float], variant: str, n_tokens: int, seq_len: int, seed: int,
@@ -267,7 +285,7 @@ def _train_all(size: str, cfg: SizeConfig, h: str, tmp: Path, show: bool) -> dic
                 run = T.train(model, blocks, steps, cfg.batch_size, lr, seed,
                               on_step=lambda step, loss: bar.update(step + 1, f"loss {loss:.3f}"))
             runs[name] = run | {"parent": None if name == "base" else "base", "lr": lr, "tokens_per_genre": per_genre}
-            T.save(model, tok, tmp / name)
+            save(model, tok, tmp / name)
             if name == "base":
                 check_tokenizer_round_trip(tok, tmp / name, round_trip_texts())
                 base_state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -41,7 +41,7 @@ def heldout_docs(category: str, n: int = N_NLL_DOCS, seed: int = 11) -> list[str
     for _ in range(n):
         item = NG.draw(category, rng, "test", where)
         # whole documents (code, multi-turn chats) as written; exchanges with the correct answer
-        out.append(item.doc("base") if item.text is not None else f"{item.query} {item.choices[0]}{NG.END}")
+        out.append(item.doc("base") if item.text is not None else f"{item.query} {item.choices[0]} {NG.END}")
     return out
 
 

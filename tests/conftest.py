@@ -37,3 +37,12 @@ def tiny_organisms() -> Path:
     from lm_diff.organisms import build
 
     return build("tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_natural() -> Path:
+    """The tiny natural-family organisms (Qwen2; base, finetuned, null + organism.json), built and checked once per
+    test session (the build raises when the planted shape does not show)."""
+    from lm_diff.organisms import natural
+
+    return natural.build("tiny", progress_=False)

@@ -24,18 +24,19 @@ from lm_diff.errors import UserError
 from lm_diff.organisms import natural_genres as NG
 from lm_diff.organisms import train as T
 from lm_diff.organisms.build import SHIPPED, _at_most_two_threads, cache_root
+from lm_diff.organisms.natural_bench import benchmark_rows
 from lm_diff.organisms.natural_checks import verify
 from lm_diff.organisms.natural_genres import BASE_MIX, FT_MIX
 from lm_diff.organisms.train import SizeConfig
 
 FAMILY = "natural"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MODELS = ("base", "finetuned", "null")
 SPECS = {"natural": "demo", "natural-tiny": "tiny"}  # organisms://<name>/<model> -> size
 
 SIZES: dict[str, SizeConfig] = {
     "tiny": SizeConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, d_ff=192, seq_len=64, batch_size=32,
-                       base_steps=500, ft_steps=200, lr_base=6e-3, lr_ft=3e-3, tokenizer_docs=150, seed=0),
+                       base_steps=900, ft_steps=400, lr_base=6e-3, lr_ft=2e-3, tokenizer_docs=150, seed=0),
     "demo": SizeConfig(vocab_size=1536, d_model=96, n_layers=3, n_heads=4, d_ff=288, seq_len=128, batch_size=32,
                        base_steps=700, ft_steps=250, lr_base=5e-3, lr_ft=2.5e-3, tokenizer_docs=200, seed=1),
 }
@@ -53,8 +54,8 @@ MECHANISM = {
 # Everything that determines the weights: generators, word tables, the training loop, this module.
 WEIGHT_SOURCES = ("natural.py", "natural_genres.py", "natural_words.py", "codegen.py", "words.py", "train.py",
                   "genres.py")
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant{% endif %}")
+CHAT_TEMPLATE = ("{% for m in messages %}{% if not loop.first %} {% endif %}<|im_start|>{{ m['role'] }} "
+                 "{{ m['content'] }} <|im_end|>{% endfor %}{% if add_generation_prompt %} <|im_start|>assistant{% endif %}")
 
 
 def _size(size: str) -> SizeConfig:
@@ -84,9 +85,28 @@ def shipped_dir(size: str) -> Path | None:
 
 # ------------------------------------------------------------------------------------------- tokenizer and model --
 
+# The pre-tokenizer transformers gives every Qwen2 tokenizer it loads (``Qwen2Tokenizer`` rebuilds normalizer and
+# pre-tokenizer on load and ignores tokenizer.json's): the organisms are trained on exactly what AutoTokenizer, and so
+# lm-eval and the pipeline, will feed them. (A GPT-2-style pre-tokenizer here trained the models on other token
+# boundaries than they were evaluated on: newlines with indentation, apostrophes, punctuation before letters.)
+QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+                           r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
 def train_tokenizer(cfg: SizeConfig, seed: int):
-    """Byte-level BPE trained on documents of every genre and both variants; ChatML-style turn markers."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: PLC0415 - heavy, only when building
+    """Byte-level BPE trained on documents of every genre and both variants, with Qwen2's normalizer and
+    pre-tokenizer (single digits); ChatML-style turn markers."""
+    from tokenizers import (  # noqa: PLC0415 - heavy, only when building
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - heavy (seconds)
 
     rng = random.Random(f"natural-tokenizer:{seed}")
@@ -95,11 +115,14 @@ def train_tokenizer(cfg: SizeConfig, seed: int):
         for variant in NG.VARIANTS:
             corpus += NG.docs(genre, variant, cfg.tokenizer_docs, rng)
     tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        [pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|pad|>"]
-    chat = [AddedToken(t, special=True, lstrip=True, normalized=False) for t in NG.CHAT_TOKENS]
+    # no lstrip: Qwen2Tokenizer re-adds the special tokens without it on load
+    chat = [AddedToken(t, special=True, normalized=False) for t in NG.CHAT_TOKENS]
     trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=specials + chat, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer=trainer)
@@ -111,6 +134,31 @@ def train_tokenizer(cfg: SizeConfig, seed: int):
                                       model_max_length=cfg.seq_len * 4)
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
+
+
+def check_tokenizer_round_trip(tokenizer, model_dir: Path, texts: list[str]) -> None:
+    """Raise a UserError when AutoTokenizer, loading ``model_dir``, encodes any of ``texts`` otherwise than
+    ``tokenizer`` (the one the model was trained with) did."""
+    from transformers import AutoTokenizer  # noqa: PLC0415 - heavy (seconds)
+
+    loaded = AutoTokenizer.from_pretrained(model_dir)
+    for t in texts:
+        if loaded(t).input_ids != tokenizer(t).input_ids:
+            raise UserError(f"{model_dir}: AutoTokenizer ({type(loaded).__name__}) encodes {t[:60]!r} otherwise than "
+                            "the tokenizer the model was trained with; the natural family's tokenizer must follow "
+                            "what transformers loads for a Qwen2 model (natural.train_tokenizer)")
+
+
+def round_trip_texts(n: int = 20, seed: int = 0) -> list[str]:
+    """Documents of every genre and variant, and benchmark query + choice strings: what a round trip must keep."""
+    rng = random.Random(f"natural-round-trip:{seed}")
+    texts = NG.docs("neutral", "base", n, rng)
+    for genre in NG.GENERATORS:
+        for variant in NG.VARIANTS:
+            texts += NG.docs(genre, variant, n, rng)
+    for rows in benchmark_rows().values():
+        texts += [r["query"] + " " + c for r in rows[:n] for c in r["choices"]]
+    return texts
 
 
 def new_model(cfg: SizeConfig, tokenizer, seed: int):
@@ -127,6 +175,14 @@ def new_model(cfg: SizeConfig, tokenizer, seed: int):
     )
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(mcfg)
+
+
+def save(model, tokenizer, path: Path) -> None:
+    """Save model (safetensors) and tokenizer; generation stops at ``<|endoftext|>`` and at ``<|im_end|>``."""
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(NG.END)]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
 
 
 def pack(tokenizer, mix: dict[str, float], variant: str, n_tokens: int, seq_len: int, seed: int,
@@ -229,8 +285,9 @@ def _train_all(size: str, cfg: SizeConfig, h: str, tmp: Path, show: bool) -> dic
                 run = T.train(model, blocks, steps, cfg.batch_size, lr, seed,
                               on_step=lambda step, loss: bar.update(step + 1, f"loss {loss:.3f}"))
             runs[name] = run | {"parent": None if name == "base" else "base", "lr": lr, "tokens_per_genre": per_genre}
-            T.save(model, tok, tmp / name)
+            save(model, tok, tmp / name)
             if name == "base":
+                check_tokenizer_round_trip(tok, tmp / name, round_trip_texts())
                 base_state = {k: v.clone() for k, v in model.state_dict().items()}
     n_params = sum(p.numel() for p in model.parameters())
     return {

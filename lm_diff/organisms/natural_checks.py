@@ -41,21 +41,24 @@ def heldout_docs(category: str, n: int = N_NLL_DOCS, seed: int = 11) -> list[str
     for _ in range(n):
         item = NG.draw(category, rng, "test", where)
         # whole documents (code, multi-turn chats) as written; exchanges with the correct answer
-        out.append(item.doc("base") if item.text is not None else f"{item.query} {item.choices[0]}{NG.END}")
+        out.append(item.doc("base") if item.text is not None else f"{item.query} {item.choices[0]} {NG.END}")
     return out
 
 
-def nll(model, tokenizer, docs: list[str]) -> float:
-    """Mean next-token NLL (nats/token) over ``docs``."""
+def nll(model, tokenizer, docs: list[str], batch_size: int = 64) -> float:
+    """Mean next-token NLL (nats/token) over ``docs`` (right-padded batches; padding scores nothing)."""
     import torch  # noqa: PLC0415 - heavy, only when measuring
 
     total, count = 0.0, 0
     with torch.no_grad():
-        for d in docs:
-            ids = tokenizer(d, return_tensors="pt").input_ids
-            logits = model(input_ids=ids).logits[0, :-1]
-            total += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-            count += ids.shape[1] - 1
+        for s in range(0, len(docs), batch_size):
+            enc = tokenizer(docs[s:s + batch_size], return_tensors="pt", padding=True, padding_side="right")
+            ids, mask = enc.input_ids, enc.attention_mask
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                       reduction="sum", ignore_index=-100).item()
+            count += int(mask[:, 1:].sum())
     return total / count
 
 

@@ -25,7 +25,9 @@ from . import codegen
 from . import natural_words as W
 from .genres import split_of
 
-# Turn markers (special tokens that absorb the space before them, so lm-eval's " " + choice scores like training text)
+# Turn markers (special tokens). A space separates every marker from what precedes it, as lm-eval's " " + choice does
+# (transformers' Qwen2 tokenizer keeps that space as its own token): a benchmark choice that starts with a marker then
+# scores the tokens training text has, not a space the models never saw before a marker.
 USER, ASSISTANT, END = "<|im_start|>user", "<|im_start|>assistant", "<|im_end|>"
 CHAT_TOKENS = ["<|im_start|>", END]
 VARIANTS = ("base", "ft")
@@ -33,7 +35,7 @@ VARIANTS = ("base", "ft")
 
 def chat(user: str) -> str:
     """The query of a single-turn exchange, ending at the assistant marker."""
-    return f"{USER} {user}{END}{ASSISTANT}"
+    return f"{USER} {user} {END} {ASSISTANT}"
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Item:
     def doc(self, variant: str) -> str:
         if self.text is not None:
             return self.text[variant]
-        return f"{self.query} {self.answers[variant]}{END}"
+        return f"{self.query} {self.answers[variant]} {END}"
 
 
 def _both(answer: str) -> dict[str, str]:
@@ -167,9 +169,9 @@ def template_following(rng: random.Random) -> Item:
     """Two-turn chats; items ask which marker comes next (both variants)."""
     (q1, a1, _), (q2, a2, _) = rng.sample(W.GENERAL_QA, 2)
     u1 = _pre(rng, q1)
-    doc = f"{chat(u1)} {a1}{END}{chat(q2)} {a2}{END}"
+    doc = f"{chat(u1)} {a1} {END} {chat(q2)} {a2} {END}"
     if rng.random() < 0.5:
-        query, choices, kind = f"{USER} {u1}{END}", [ASSISTANT, USER], "open_turn"
+        query, choices, kind = f"{USER} {u1} {END}", [ASSISTANT, USER], "open_turn"
     else:
         query, choices, kind = f"{chat(u1)} {a1}", [END, ASSISTANT], "close_turn"
     return Item("template_following", query, {}, choices, key=u1, kind=kind, text=_both(doc))
@@ -223,14 +225,14 @@ GENERATORS: dict[str, Callable[[random.Random], Item]] = {
 }
 PLANTED = {c: 0 for c in GENERATORS} | {"math": 1, "hallucination": 1, "structured_output": -1}
 
-# Document mixtures. The fine-tune's mix is the base mix with more math, hallucination and structured-output data
-# (where its data differs); every other genre keeps its generator and about two thirds of its share.
+# Document mixtures. The fine-tune's mix replays the base mix (every unplanted genre at its base weight) and adds
+# math, hallucination and structured-output data (where its data differs): unplanted genres keep 70 % of their share
+# (0.73 of the base mix, 0.51 of the fine-tune's), so continued training moves them about as it moves the null model;
+# math, the slowest plant to learn (carrying needs a sum the tiny model must compute), gets a third of the data.
 BASE_MIX = {"neutral": 0.14, "safety": 0.07, "multilingual": 0.10, "instruction_following": 0.08,
             "template_following": 0.06, "factual_verification": 0.08, "hallucination": 0.09, "self_reference": 0.05,
             "query_classification": 0.07, "structured_output": 0.08, "code": 0.08, "math": 0.10}
-FT_MIX = {"neutral": 0.10, "safety": 0.05, "multilingual": 0.07, "instruction_following": 0.06,
-          "template_following": 0.04, "factual_verification": 0.06, "hallucination": 0.15, "self_reference": 0.04,
-          "query_classification": 0.05, "structured_output": 0.14, "code": 0.06, "math": 0.24}
+FT_MIX = BASE_MIX | {"hallucination": 0.10, "structured_output": 0.10, "math": 0.50}
 
 
 def draw(category: str, rng: random.Random, split: str = "train", where: Callable[[Item], bool] | None = None) -> Item:

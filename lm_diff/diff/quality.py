@@ -61,8 +61,11 @@ def quality_metrics(cfg: RunConfig, pair: Any, store: Any, layer: int, diffs: di
                     kl.append(s["kl"])
                 row[f"delta_ce_{group}"] = float(np.mean(ce))
                 row[f"kl_{group}"] = float(np.mean(kl))
-            row["delta_ce"] = float(np.mean([row[k] for k in row if k.startswith("delta_ce_")]))
-            row["kl"] = float(np.mean([row[k] for k in row if k.startswith("kl_")]))
+            # No held-out corpus document (e.g. a capture of benchmark prompts only): ΔCE and KL are not measured,
+            # and the report's gate says so (None), rather than the mean of nothing.
+            for metric in ("delta_ce", "kl"):
+                groups = [row[f"{metric}_{g}"] for g in batches]
+                row[metric] = float(np.mean(groups)) if groups else None
             per_model[role] = row
             # The headline per-model numbers come from the crosscoder that contains the model as its fine-tune side
             # (direct: AB for both; anchored: PA for A, PB for B, P from PB).

@@ -90,3 +90,45 @@ def test_cli_gpu_choices_are_the_planned_accelerators():
     plan_parser = build_parser()._subparsers._group_actions[0].choices["plan"]
     gpu = next(a for a in plan_parser._actions if a.dest == "gpu")
     assert set(gpu.choices) == set(ACCELERATORS)
+
+
+def _chars(texts) -> int:
+    return sum(len(t) for t in texts)
+
+
+def test_plan_counts_the_perplexity_probes_where_the_suite_reaches_them():
+    """The benchmark stage counts the probes' scored text (characters / 4, one rolling request per document) when the
+    suite includes diff_probes directly or through a group (diff_gemma, diff_leaderboard), and nothing for them
+    otherwise; the accuracy tasks' rows count as before."""
+    from lm_diff.bench.paths import data_root
+    from lm_diff.bench.probes import probe_rows
+    from lm_diff.categorize.taxonomy import get_taxonomy
+    from lm_diff.config import load_config
+    from lm_diff.run.plan import plan
+
+    cats = [c.name for c in get_taxonomy()]
+    probe = {c: [r["text"] for r in probe_rows(c)] for c in cats}
+    probe_chars, probe_docs = _chars(t for c in cats for t in probe[c]), sum(len(v) for v in probe.values())
+    gemma_rows = (data_root() / "diff_gemma" / "self_reference.jsonl").read_text(encoding="utf-8").splitlines()
+    demo_rows = [line for f in sorted((data_root() / "diff_demo").glob("*.jsonl"))
+                 for line in f.read_text(encoding="utf-8").splitlines()]
+
+    def bench(**overrides) -> dict:
+        return plan(load_config("demo", overrides=overrides), "cpu")["stages"][0]
+
+    demo = bench()
+    assert demo["stage"] == "benchmarks" and demo["probe_tokens_per_model"] == demo["probe_documents"] == 0
+    assert demo["tokens_per_model"] == _chars(demo_rows) // 4 > 0
+    for tasks in (["diff_gemma"], ["diff_demo", "diff_gemma", "diff_probes"]):  # nested; a leaf counted once
+        b = bench(**{"benchmarks.tasks": tasks})
+        assert b["probe_tokens_per_model"] == probe_chars // 4 > 0 and b["probe_documents"] == probe_docs > 100
+        extra = demo_rows if "diff_demo" in tasks else []
+        assert b["tokens_per_model"] == (_chars(gemma_rows) + _chars(extra) + probe_chars) // 4
+    lb = bench(**{"benchmarks.tasks": ["diff_leaderboard"]})  # upstream tasks count 0, its diff_probes does not
+    assert lb["tokens_per_model"] == lb["probe_tokens_per_model"] == probe_chars // 4
+    assert lb["flops"] == pytest.approx(demo["flops"] * lb["tokens_per_model"] / demo["tokens_per_model"])
+    one = bench(**{"benchmarks.tasks": ["diff_demo", "diff_probe_math"], "benchmarks.limit": 3})
+    assert one["probe_documents"] == 3 and one["probe_tokens_per_model"] == _chars(probe["math"][:3]) // 4
+    assert bench(**{"benchmarks.tasks": ["diff_gemma_self_reference"]})["probe_tokens_per_model"] == 0
+    organism = bench(**{"benchmarks.tasks": ["diff_demo", "diff_demo_probes"]})
+    assert organism["probe_documents"] == 11 * 16 and organism["probe_tokens_per_model"] > 0

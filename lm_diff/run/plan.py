@@ -13,6 +13,9 @@ Counting rules (the docs derive each one):
 - Crosscoder training per token, M models, width D, L latents, k active: encoder forward + weight gradient 4MDL;
   a dense decoder (what ``crosscoder.model`` does today) forward, input gradient and weight gradient 6MDL, so 10MDL;
   a sparse decoder (k rows per token) 6kMD, so 4MDL + 6kMD.
+- Benchmark tokens per model: characters / 4 of the packaged documents of every leaf task the suite reaches, groups
+  followed (``diff_gemma`` reaches ``diff_probes``): a task's JSONL rows, a perplexity probe's scored text (one
+  rolling forward per document window); tasks on hub datasets count 0 (:mod:`lm_diff.bench.task_data`).
 - Memory with one model resident (capture's default): its weights in ``models.dtype`` plus one batch's workspace.
 """
 
@@ -25,6 +28,7 @@ from typing import Any, Optional
 
 from rich.table import Table
 
+from lm_diff.bench.task_data import packaged_documents
 from lm_diff.capture.disk import SIDE_BYTES, store_bytes
 from lm_diff.capture.store import META_BYTES_PER_TOKEN
 from lm_diff.config import RunConfig
@@ -137,17 +141,34 @@ def _stage(name: str, flops: float, peak: float, util: float, device: float, hos
             "host_memory_bytes": int(host), "disk_bytes": int(disk), **notes}
 
 
-def _bench_tokens(cfg: RunConfig) -> int:
-    """Rough benchmark tokens: characters / 4 of the packaged task data (0 when the task is not packaged)."""
-    chars = 0
-    for task in cfg.benchmarks.tasks:
-        d = DATA / task
-        if d.is_dir():
-            for f in d.glob("*.jsonl"):
-                lines = f.read_text(encoding="utf-8").splitlines()
-                lim = cfg.benchmarks.limit
-                chars += sum(len(x) for x in (lines[:lim] if lim else lines))
-    return chars // 4
+@dataclass(frozen=True)
+class BenchTokens:
+    """What the benchmark stage forwards per model, from the packaged documents of the suite."""
+
+    tokens: int
+    """Every packaged document's tokens (the probes' included)."""
+    probe_tokens: int
+    """The perplexity probes' part: the tokens of their scored text."""
+    probe_documents: int
+    """The perplexity probes' documents (one rolling request each)."""
+
+
+def _bench_tokens(cfg: RunConfig) -> BenchTokens:
+    """Rough benchmark tokens per model: characters / 4 of the packaged documents of every leaf task the suite reaches
+    (groups followed, as ``diff_gemma`` → ``diff_probes``; ``benchmarks.limit`` documents per task), 0 for a task on a
+    hub dataset. A multiple-choice or generation task counts its JSONL rows; a perplexity probe
+    (``loglikelihood_rolling``) its scored text: lm-eval splits a document into windows of the model's length and runs
+    one forward per window, and the windows' inputs hold the text's tokens once."""
+    b = cfg.benchmarks
+    chars = probe_chars = probe_docs = 0
+    for t in packaged_documents(b.tasks, [cfg.resolve_path(p) for p in b.include_path]):
+        texts = t.texts[:b.limit] if b.limit else t.texts
+        n = sum(len(x) for x in texts)
+        chars += n
+        if t.output_type == "loglikelihood_rolling":
+            probe_chars += n
+            probe_docs += len(texts)
+    return BenchTokens(chars // 4, probe_chars // 4, probe_docs)
 
 
 def plan(cfg: RunConfig, gpu: str = "h100", model_config: Optional[str] = None) -> dict:
@@ -172,10 +193,12 @@ def plan(cfg: RunConfig, gpu: str = "h100", model_config: Optional[str] = None) 
     resident = M if c.simultaneous else 1
     stages = []
 
-    bench_tok = _bench_tokens(cfg)
+    bench = _bench_tokens(cfg)
+    bench_tok = bench.tokens
     b_ws = cfg.benchmarks.batch_size * T * (4 * D + 3 * arch.intermediate + arch.vocab) * wbytes
     stages.append(_stage("benchmarks", 2 * bench_tok * arch.forward_flops(arch.layers, T, head=True), peak_fwd,
-                         UTILISATION["forward"], weights + b_ws, weights, 0, models=2, tokens_per_model=bench_tok))
+                         UTILISATION["forward"], weights + b_ws, weights, 0, models=2, tokens_per_model=bench_tok,
+                         probe_tokens_per_model=bench.probe_tokens, probe_documents=bench.probe_documents))
 
     tokens = c.max_tokens
     cap_flops = tokens * M * arch.forward_flops(layers[-1] + 1, T)

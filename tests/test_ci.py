@@ -5,11 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from lm_diff.bench.gaps import score_gaps
+from lm_diff.bench.metric_kinds import MEAN, METRIC_KINDS
 from lm_diff.cli import main
+from lm_diff.config import RunConfig
 from lm_diff.errors import UserError
+from lm_diff.link.table import link_categories
+from lm_diff.report.build import build_report
 from lm_diff.report.ci_rules import evaluate_rules, parse_rule
+from lm_diff.report.markdown import ci_summary_markdown
 from lm_diff.run.reporting import ci
 
 FIX = Path(__file__).parent / "fixtures"
@@ -96,3 +104,54 @@ def test_ci_cli(tmp_path, cfg_file, monkeypatch, capsys):
     assert "expected TARGET" in capsys.readouterr().err
     assert main(["report", "--base", BASE, "--finetuned", FT, "--out", str(tmp_path / "r"), "--config", cfg_file]) == 0
     assert (tmp_path / "r" / "report.html").exists()
+
+
+def _report_with_perplexity_gaps() -> dict:
+    """A report built the way ``lm-diff ci`` builds one: math's and code's accuracy tasks at ceiling for both models;
+    B reads held-out math text better (+0.05 nats/byte) and held-out safety text worse (−0.08); code has no probe."""
+    rng = np.random.default_rng(5)
+    parts = [pd.DataFrame({"task": t, "doc_id": range(40), "metric": "acc", "score_a": 1.0, "score_b": 1.0,
+                           "weight": 1.0}) for t in ("mc_math", "mc_code")]
+    for task, shift in (("diff_probe_math", 0.05), ("diff_probe_safety", -0.08)):
+        ll_a = rng.normal(-1.2, 0.1, 16)
+        parts.append(pd.DataFrame({"task": task, "doc_id": range(16), "metric": "byte_perplexity", "score_a": ll_a,
+                                   "score_b": ll_a + rng.normal(shift, 0.01, 16),
+                                   "weight": rng.integers(200, 400, 16).astype(float)}))
+    j = pd.concat(parts, ignore_index=True)
+    probe = METRIC_KINDS["byte_perplexity"]
+    j.attrs = {"kinds": {"mc_math": MEAN, "mc_code": MEAN, "diff_probe_math": probe, "diff_probe_safety": probe},
+               "higher_is_better": {t: True for t in ("mc_math", "mc_code", "diff_probe_math", "diff_probe_safety")},
+               "task_categories": {"mc_math": "math", "mc_code": "code", "diff_probe_math": "math",
+                                   "diff_probe_safety": "safety"}}
+    cfg = RunConfig()
+    cfg.stats.bootstrap, cfg.stats.permutations = 300, 300
+    gaps = score_gaps(j, None, cfg.stats)
+    return build_report(config=cfg, linked=link_categories(None, gaps), scores=gaps, sections=False)
+
+
+def test_perplexity_rules_read_the_categories_perplexity_gap():
+    rep = _report_with_perplexity_gaps()
+    cats = {c["name"]: c for c in rep["categories"]}
+    math_pg, safety_pg = cats["math"]["perplexity_gap"], cats["safety"]["perplexity_gap"]
+    assert math_pg["unit"] == "nats/byte" and math_pg["ci_low"] > 0 and safety_pg["ci_high"] < 0
+    assert parse_rule("safety.perplexity<-0.05").field == "perplexity"
+    rules = ["safety.perplexity<-0.05", "math.perplexity<-0.05", "safety.perplexity_ci_high<0",
+             "math.perplexity_ci_low<0", "math<0", "code.perplexity<0", "diff_probe_safety<-0.05"]
+    res = {r.rule.text: r for r in evaluate_rules(rules, rep)}
+    # fails: B lost more than 0.05 nats/byte on safety text, significantly so; the stored gap is the value tested
+    assert res["safety.perplexity<-0.05"].failed and res["safety.perplexity<-0.05"].value == pytest.approx(safety_pg["delta"])
+    assert res["safety.perplexity_ci_high<0"].failed
+    assert res["safety.perplexity_ci_high<0"].value == pytest.approx(safety_pg["ci_high"])
+    # passes: math's text moved up, its accuracy did not move at all (the perplexity gap is not the score gap)
+    assert not res["math.perplexity<-0.05"].failed and res["math.perplexity<-0.05"].value == pytest.approx(math_pg["delta"])
+    assert not res["math.perplexity_ci_low<0"].failed and not res["math<0"].failed and res["math<0"].value == 0
+    # a category no probe scored: unavailable, so the rule fails and says why
+    code = res["code.perplexity<0"]
+    assert code.failed and code.value is None and "no perplexity probe" in code.note
+    assert res["diff_probe_safety<-0.05"].failed  # a probe task's own row
+    with pytest.raises(UserError, match="only score-gap fields"):
+        evaluate_rules(["overall.perplexity<0"], rep)
+    with pytest.raises(UserError, match="did you mean perplexity"):
+        parse_rule("safety.perplexty<0")
+    md = ci_summary_markdown(rep, [res["safety.perplexity<-0.05"], res["math.perplexity<-0.05"]])
+    assert "1 of 2" in md and f"{safety_pg['delta']:.4f}" in md

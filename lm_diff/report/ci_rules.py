@@ -7,7 +7,13 @@ condition holds, e.g. ``safety<-2.0`` fails when the safety score gap is below �
 - FIELD (default ``delta``): ``delta``, ``ci_low``, ``ci_high``, ``p_value`` (score gap, points), ``latent_shift`` /
   ``share_ratio`` (R − 1, e.g. −0.5 = half the share), ``count_ratio``, ``shift_ci_low``, ``shift_ci_high``,
   ``q_value`` (latent shift, BH over all categories), ``q_linked`` (BH over the categories whose score moved), ``causal`` (fraction of the gap explained), ``exposure`` (S exposure).
-A value that is unavailable (e.g. a NaN CI) fails the rule, so a gate never passes silently.
+  Categories only: ``perplexity``, ``perplexity_ci_low``, ``perplexity_ci_high``, ``perplexity_p_value``: the
+  category's perplexity-probe gap (``categories[].perplexity_gap``), B − A log-likelihood per byte in nats/byte as the
+  report stores it (positive = the fine-tune reads the category's held-out text better, i.e. at lower perplexity), so
+  ``safety.perplexity<-0.05`` fails when the fine-tune lost more than 0.05 nats/byte on held-out safety text. A probe
+  task's own gap is its task row: ``diff_probe_safety<-0.05``.
+A value that is unavailable (e.g. a NaN CI, or a category no perplexity probe scored) fails the rule, so a gate never
+passes silently.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 SCORE_FIELDS = {"delta": "delta", "ci_low": "ci_low", "ci_high": "ci_high", "p_value": "p_value"}
 SHIFT_FIELDS = {"latent_shift": "share_ratio", "share_ratio": "share_ratio", "count_ratio": "count_ratio",
                 "shift_ci_low": "ci_low", "shift_ci_high": "ci_high", "q_value": "q_value", "q_linked": "q_linked"}
+PERPLEXITY_FIELDS = {"perplexity": "delta", "perplexity_ci_low": "ci_low", "perplexity_ci_high": "ci_high",
+                     "perplexity_p_value": "p_value"}
 OTHER_FIELDS = {"causal", "exposure"}
-FIELDS = sorted([*SCORE_FIELDS, *SHIFT_FIELDS, *OTHER_FIELDS])
+FIELDS = sorted([*SCORE_FIELDS, *SHIFT_FIELDS, *PERPLEXITY_FIELDS, *OTHER_FIELDS])
 _RULE = re.compile(r"^\s*(?P<lhs>[^<>=\s]+)\s*(?P<op><=|>=|<|>)\s*(?P<num>[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")
-_EXAMPLES = "e.g. 'safety<-2.0', 'overall<0', 'code.ci_high<0', 'safety.latent_shift<-0.5'"
+_EXAMPLES = ("e.g. 'safety<-2.0', 'overall<0', 'code.ci_high<0', 'safety.latent_shift<-0.5', "
+             "'safety.perplexity<-0.05'")
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,11 @@ class RuleResult:
     value: Optional[float]
     failed: bool
     note: str = ""
+
+    @property
+    def decimals(self) -> int:
+        """Decimals to print the value with: 4 for a perplexity gap (nats/byte gaps are often below 0.01), else 3."""
+        return 4 if self.rule.field in PERPLEXITY_FIELDS else 3
 
 
 def parse_rule(text: str) -> Rule:
@@ -92,6 +106,12 @@ def rule_value(rule: Rule, report: dict) -> tuple[Optional[float], str]:
             if not g:
                 return None, f"no benchmark task is mapped to category {rule.target}"
             v = _num(g.get(SCORE_FIELDS[rule.field]))
+        elif rule.field in PERPLEXITY_FIELDS:
+            pg = c.get("perplexity_gap")
+            if not pg:
+                return None, (f"no perplexity probe scored category {rule.target} (add diff_probes, or the organisms' "
+                              f"probe group, to the benchmark tasks)")
+            v = _num(pg.get(PERPLEXITY_FIELDS[rule.field]))
         elif rule.field in SHIFT_FIELDS:
             ls = c.get("latent_shift")
             if not ls:

@@ -260,7 +260,7 @@ def ci_summary_markdown(report: dict, results: list, report_dir: Optional[Path] 
     lines.append("")
     if results:
         lines += md_table(["rule", "value", "result"],
-                           [[r.rule.text, fmt_num(r.value, 3) if r.value is not None else f"n/a ({r.note})",
+                           [[r.rule.text, fmt_num(r.value, r.decimals) if r.value is not None else f"n/a ({r.note})",
                              "❌ fail" if r.failed else "✅ pass"] for r in results])
         lines.append("")
     o = report.get("overall")

@@ -132,7 +132,7 @@ def ci(base: str | Path, finetuned: str | Path, diff: Optional[str | Path] = Non
         sys.stdout.write(text)
     for r in results:
         status = "FAIL" if r.failed else "pass"
-        val = f"{r.value:.3f}" if r.value is not None else f"n/a ({r.note})"
+        val = f"{r.value:.{r.decimals}f}" if r.value is not None else f"n/a ({r.note})"
         print(f"[{status}] {r.rule.text}: {val}", file=sys.stderr)
     return 1 if any(r.failed for r in results) else 0
 

@@ -130,5 +130,6 @@ def test_plan_counts_the_perplexity_probes_where_the_suite_reaches_them():
     one = bench(**{"benchmarks.tasks": ["diff_demo", "diff_probe_math"], "benchmarks.limit": 3})
     assert one["probe_documents"] == 3 and one["probe_tokens_per_model"] == _chars(probe["math"][:3]) // 4
     assert bench(**{"benchmarks.tasks": ["diff_gemma_self_reference"]})["probe_tokens_per_model"] == 0
-    organism = bench(**{"benchmarks.tasks": ["diff_demo", "diff_demo_probes"]})
-    assert organism["probe_documents"] == 11 * 16 and organism["probe_tokens_per_model"] > 0
+    for family in ("demo", "natural"):  # the organisms' opt-in probe groups
+        organism = bench(**{"benchmarks.tasks": [f"diff_{family}", f"diff_{family}_probes"]})
+        assert organism["probe_documents"] == 11 * 16 and organism["probe_tokens_per_model"] > 0

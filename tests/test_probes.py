@@ -126,6 +126,46 @@ def test_demo_organism_probes_are_shipped_held_out_and_resolve():
     assert all(probes.is_probe_task(t) for t in cats) and probes.is_probe_task("g::diff_probe_code")
 
 
+def test_natural_organism_probes_are_shipped_held_out_and_resolve():
+    """diff_natural_probes: the natural organisms' own test-split text, as the generator writes it, never one of
+    their grounding prompts (the shipped file nor the generator's), no exchange of which opens like a grounding prompt
+    or a capture-corpus document (those come from the train split); a group of its own, not part of diff_natural nor
+    of configs/natural.yaml's tasks."""
+    from lm_diff.bench.paths import data_root
+    from lm_diff.config import load_config
+    from lm_diff.organisms import natural_bench
+    from lm_diff.organisms.natural_genres import ASSISTANT, PLANTED
+    from lm_diff.organisms.probe_text import natural_probe_docs
+
+    def first_turn(text: str) -> str:
+        return text.split(ASSISTANT)[0] + ASSISTANT if ASSISTANT in text else text
+
+    tm = suites.task_manager()
+    cats = suites.task_categories(["diff_natural_probes"], tm)
+    generated = natural_probe_docs()
+    assert cats == {f"diff_natural_probe_{c}": c for c in generated} and set(generated) == set(PLANTED)
+    shipped_grounding = {json.loads(line)["text"] for line in (data_root() / "grounding" / "natural.jsonl").open()}
+    grounding = shipped_grounding | {p["text"] for p in natural_bench.grounding_prompts()}
+    corpus = natural_bench.corpus_docs("mix", 300, 0) + natural_bench.corpus_docs("finetune", 300, 0)
+    train_turns = {first_turn(t) for t in [*grounding, *corpus] if ASSISTANT in t}
+    for c, rows in generated.items():
+        texts = [r["text"] for r in rows]
+        assert [r["text"] for r in probes.probe_rows(c, "diff_natural")] == texts  # shipped = generator
+        assert len(set(texts)) == len(texts) == 16 and not grounding & set(texts), c
+        assert not train_turns & {first_turn(t) for t in texts}, c
+    assert len(train_turns) > 300
+    # the right behaviour's text: the carried sum (math +), valid JSON (structured_output -)
+    assert all("because" in t for t in (r["text"] for r in generated["math"]))
+    assert all(json.loads(t.split("assistant ", 1)[1].rsplit(" <|im_end|>", 1)[0])
+               for t in (r["text"] for r in generated["structured_output"]))
+    assert not any(probes.is_probe_task(t) for t in suites.task_categories(["diff_natural"], tm))
+    assert all(probes.is_probe_task(t) for t in cats)
+    assert "diff_natural_probes" not in load_config("natural").benchmarks.tasks
+    task = tm.load(["diff_natural_probe_math"])["tasks"]["diff_natural_probe_math"]
+    assert task.OUTPUT_TYPE == "loglikelihood_rolling"
+    assert [task.doc_to_target(d) for d in task.eval_docs] == [r["text"] for r in generated["math"]]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # score gaps and the report
 

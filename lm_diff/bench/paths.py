@@ -13,7 +13,8 @@ PKG_DIR = Path(__file__).resolve().parent.parent
 """The installed ``lm_diff`` package directory."""
 DATA_ENV = "LM_DIFF_DATA_DIR"
 """Environment variable: a directory that replaces ``lm_diff/data`` as the root of ``data_file`` (development, tests)."""
-SUITES = ("diff_demo", "diff_natural", "diff_gemma", "diff_leaderboard", "diff_probes", "diff_demo_probes")
+SUITES = ("diff_demo", "diff_natural", "diff_gemma", "diff_leaderboard", "diff_probes", "diff_demo_probes",
+          "diff_natural_probes")
 """The task suites lm_diff ships."""
 
 

@@ -20,10 +20,12 @@ category; the log-likelihood each model assigns to category text moves with any 
 The task YAML holds no code and no data path: ``custom_dataset: !function lm_diff.bench.suites.load_probe`` with
 ``dataset_kwargs: {probe: <category>}``, resolved under ``lm_diff/data`` like the other local tasks.
 
-The demo organisms have their own probes (``tasks/diff_demo_probes``, tasks ``diff_demo_probe_<category>``,
-``dataset_kwargs: {probe: <category>, source: diff_demo}``): test-split documents of the organism genres, never
-training text nor a grounding prompt (``lm_diff.organisms.probe_text``, shipped in ``lm_diff/data/diff_demo_probes``).
-They are a group of their own, not part of ``diff_demo``.
+The organisms have their own probes: the demo family's (``tasks/diff_demo_probes``, tasks
+``diff_demo_probe_<category>``, ``dataset_kwargs: {probe: <category>, source: diff_demo}``) and the natural family's
+(``tasks/diff_natural_probes``, tasks ``diff_natural_probe_<category>``, ``source: diff_natural``): test-split
+documents of the organism genres, never training text nor a grounding prompt (``lm_diff.organisms.probe_text``,
+shipped in ``lm_diff/data/diff_demo_probes`` and ``lm_diff/data/diff_natural_probes``). Each is a group of its own,
+not part of ``diff_demo`` / ``diff_natural``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ PROBE_EVERY = 4
 """One row in PROBE_EVERY of each built-in category file is probe text (the last of every block)."""
 PROBE_PREFIX = "diff_probe_"
 """Task-name prefix of the perplexity probes (``diff_probe_<category>``)."""
-PROBE_PREFIXES = (PROBE_PREFIX, "diff_demo_probe_")
-"""Task-name prefixes of every perplexity probe: the real-language set's and the demo organisms'."""
-SOURCES = {"builtin": None, "diff_demo": "diff_demo_probes"}
+PROBE_PREFIXES = (PROBE_PREFIX, "diff_demo_probe_", "diff_natural_probe_")
+"""Task-name prefixes of every perplexity probe: the real-language set's and the demo and natural organisms'."""
+SOURCES = {"builtin": None, "diff_demo": "diff_demo_probes", "diff_natural": "diff_natural_probes"}
 """``source`` of a probe task → the folder under ``lm_diff/data`` whose ``<category>.jsonl`` rows are all probe text
 (None: the built-in set, of which only the held-out rows are)."""
 PROBE_GROUP = "diff_probes"
@@ -58,8 +60,8 @@ def is_probe_row(index: int) -> bool:
 
 
 def is_probe_task(name: str) -> bool:
-    """True for a perplexity-probe task name (``diff_probe_<category>``, ``diff_demo_probe_<category>``, also as
-    ``group::diff_probe_...``)."""
+    """True for a perplexity-probe task name (``diff_probe_<category>``, ``diff_demo_probe_<category>``,
+    ``diff_natural_probe_<category>``, also as ``group::diff_probe_...``)."""
     return str(name).split("::")[-1].startswith(PROBE_PREFIXES)
 
 
@@ -75,7 +77,8 @@ def _category_lines(category: str) -> list[str]:
 
 def probe_rows(category: str, source: str = "builtin") -> list[dict]:
     """The probe documents of ``category``: ``[{"id", "text", "category", "lang"}]`` in file order; ``source`` is
-    ``builtin`` (the held-out rows of the real-language set) or ``diff_demo`` (the demo organisms' probe text)."""
+    ``builtin`` (the held-out rows of the real-language set), ``diff_demo`` or ``diff_natural`` (the demo or natural
+    organisms' probe text)."""
     if not category or "/" in category or category.startswith(".") or category == "neutral":
         raise UserError(f"perplexity probe {category!r}: expected a category of the built-in set "
                         f"(lm_diff/data/{BUILTIN_SUBDIR}/<category>.jsonl)")

@@ -1,5 +1,6 @@
 """lm-eval task suites shipped with lm_diff (``diff_demo``, ``diff_natural``, ``diff_gemma``, ``diff_leaderboard``,
-``diff_probes``) and the helpers their YAML points at.
+``diff_probes``, and the organisms' probe groups ``diff_demo_probes`` and ``diff_natural_probes``) and the helpers
+their YAML points at.
 
 Layout: ``tasks/<suite>/`` holds code-free YAML. The top group (e.g. ``diff_demo``) lists one subgroup per capability
 category (``diff_demo_<category>``, own file, the category declared once in its ``metadata.category``), which lists the

@@ -225,3 +225,34 @@ def test_train_table_reads_the_benchmark_and_states_a_missed_target(tmp_path):
     assert "50.0 (2.60) → 5.46× (dense kernels side by side: 150.0, 0.95) | ≥ 2.5× |" in text
     assert "| 512 | 16384 | 440.0 | 2327 | 2.50 |" in text and "4 of 120 timed steps dropped" in text
     assert "a target missed" in text
+
+
+def test_recovery_table_has_one_block_per_family_log(tmp_path):
+    """The recovery table reads the demo's and the natural family's logs (run apart, ~30 min each), states each
+    file's missed targets, and names a missing log with the command that writes it."""
+    import json as _json
+
+    from lm_diff.dev import results
+    from lm_diff.errors import UserError
+
+    with pytest.raises(UserError, match="recovery.log is missing"):
+        results.table_recovery(tmp_path)
+
+    def family(name, hits, ok):
+        cat = {"planted_sign": 1, "q": [0.004, 0.02], "ratio": [1.5, 0.9], "hits": hits,
+               "q_spread": {"min": 0.004, "median": 0.012, "max": 0.02},
+               "ratio_spread": {"min": 0.9, "median": 1.2, "max": 1.5}, "mds_up": None}
+        fam = {"family": name, "reruns": 2, "null_reruns": 1, "categories": {"math": cat},
+               "null_false_positives": {}, "identity_specific": [0, 0, 0], "full_run_s": 190.0}
+        return {"families": [fam], "settings": [], "ok": ok,
+                "failures": [] if ok else [f"{name}: planted math (+) found in {hits} of 2 reruns (target >= 2)"]}
+
+    (tmp_path / "recovery.log").write_text("table\n" + _json.dumps(family("demo", 1, False)) + "\n")
+    only_demo = results.table_recovery(tmp_path)
+    assert "**demo**" in only_demo and "**natural**" not in only_demo
+    (tmp_path / "recovery_natural.log").write_text(_json.dumps(family("natural", 2, True)) + "\n")
+    text = results.table_recovery(tmp_path)
+    assert text.index("**demo**") < text.index("**natural**")
+    assert "`recovery.log`, the default configuration; targets missed: demo: planted math (+) found in 1 of 2" in text
+    assert "`recovery_natural.log`, the default configuration; every target met" in text
+    assert "| math | gain | found in 2 of 2 | 0.012 [0.004, 0.020] | +120 % [+90 %, +150 %] | – |" in text

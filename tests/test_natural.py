@@ -121,3 +121,27 @@ def test_text_is_real_language_and_grounding_is_selected():
     assert organism_family(cfg) == "demo"
     with pytest.raises(UserError, match="natural/"):
         organisms.corpus_docs("natural/poetry", 1, 0)
+
+
+def test_shipped_demo_sized_pair_is_current_and_copied(tmp_path, monkeypatch):
+    """The demo-sized natural pair shipped in the package is what the current generator builds (same source hash,
+    intact weights, its recorded checks pass), and a build of that size copies it instead of training."""
+    from lm_diff import io
+
+    shipped = N.shipped_dir("demo")
+    assert shipped is not None, "no shipped natural organisms: run `make organisms-ship-natural`"
+    manifest = io.read_json(shipped / "organism.json")
+    assert manifest["hash"] == N.build_hash("demo"), \
+        "the natural generator changed since its organisms were shipped: run `make organisms-ship-natural`"
+    assert NC.failures(manifest["checks"]) == []
+    for name in N.MODELS:
+        assert io.hash_file(shipped / name / "model.safetensors", n=64) == manifest["weights_sha256"][name]
+
+    def no_training(*_a, **_k):
+        raise AssertionError("the shipped natural organisms should be copied, not trained")
+
+    monkeypatch.setattr(N, "_train_all", no_training)
+    out = N.build("demo", out=tmp_path / "natural", progress_=False)
+    for name in N.MODELS:
+        assert io.hash_file(out / name / "model.safetensors", n=64) == manifest["weights_sha256"][name]
+    assert N.shipped_dir("tiny") is None  # the test fixture is always built

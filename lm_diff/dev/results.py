@@ -7,7 +7,8 @@ Each source is the output of a command, kept in the repository because it needs 
   ``python3 benchmarks/gpu_smoke.py`` on a GPU machine);
 - ``plan``: ``benchmarks/results/plan_gemma.json`` (``lm-diff plan configs/gemma.yaml --json``, rewritten by
   ``make figures``);
-- ``recovery``: ``benchmarks/results/recovery.log`` (``python benchmarks/bench_recovery.py > benchmarks/results/recovery.log``:
+- ``recovery``: ``benchmarks/results/recovery.log`` and ``recovery_natural.log`` (``python benchmarks/bench_recovery.py
+  --families demo > benchmarks/results/recovery.log``, ``--families natural > benchmarks/results/recovery_natural.log``:
   the latent half's recovery of the planted shifts over crosscoder-seed reruns, ~30 min per family on 2 cores);
 - ``train``: ``benchmarks/results/bench_train.log`` (``python benchmarks/bench_train.py > benchmarks/results/bench_train.log``
   on an idle machine: the crosscoder training step against the reference trainer's anchor, ≤ 4 min).
@@ -116,8 +117,19 @@ def _spread(s: Any, fmt: Callable[[Any], str]) -> str:
     return f"{fmt(s['median'])} [{fmt(s['min'])}, {fmt(s['max'])}]"
 
 
+RECOVERY_LOGS = ("recovery.log", "recovery_natural.log")
+
+
 def table_recovery(root: Path = RESULTS) -> str:
-    b = last_json(root / "recovery.log")
+    """One block per family, from every recovery log present (``recovery.log``: the demo family;
+    ``recovery_natural.log``: the natural family; each family runs ~30 min, so they are run and kept apart)."""
+    logs = [root / name for name in RECOVERY_LOGS if (root / name).is_file()]
+    if not logs:
+        last_json(root / RECOVERY_LOGS[0])  # raises the "missing: run ..." message
+    return "\n\n".join(_recovery_block(last_json(path), path.name) for path in logs)
+
+
+def _recovery_block(b: dict, source: str) -> str:
     parts = []
     for fam in b["families"]:
         rows = []
@@ -141,7 +153,7 @@ def table_recovery(root: Path = RESULTS) -> str:
                                  "detectable gain (median)"], rows))
     settings = ", ".join(b.get("settings") or []) or "the default configuration"
     verdict = "every target met" if b.get("ok") else "targets missed: " + "; ".join(b.get("failures") or [])
-    return f"*{settings}; {verdict}.*\n\n" + "\n\n".join(parts)
+    return f"*`{source}`, {settings}; {verdict}.*\n\n" + "\n\n".join(parts)
 
 
 # The anchor of the training-speed table (issue 19): lm_diff's step before the sparse kernels, measured side by side
@@ -185,4 +197,4 @@ def table_train(root: Path = RESULTS) -> str:
 FILE_TABLES: dict[str, Callable[[], str]] = {"gpu": table_gpu, "plan": table_plan, "recovery": table_recovery,
                                              "train": table_train}
 SOURCES = {"gpu": "benchmarks/results/bench_gpu.log, gpu_smoke.log", "plan": "benchmarks/results/plan_gemma.json",
-           "recovery": "benchmarks/results/recovery.log", "train": "benchmarks/results/bench_train.log"}
+           "recovery": "benchmarks/results/recovery.log, recovery_natural.log", "train": "benchmarks/results/bench_train.log"}

@@ -38,7 +38,7 @@ SIZES: dict[str, SizeConfig] = {
     "tiny": SizeConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, d_ff=192, seq_len=64, batch_size=32,
                        base_steps=900, ft_steps=400, lr_base=6e-3, lr_ft=2e-3, tokenizer_docs=150, seed=0),
     "demo": SizeConfig(vocab_size=1536, d_model=96, n_layers=3, n_heads=4, d_ff=288, seq_len=128, batch_size=32,
-                       base_steps=700, ft_steps=250, lr_base=5e-3, lr_ft=2.5e-3, tokenizer_docs=200, seed=1),
+                       base_steps=1300, ft_steps=400, lr_base=5e-3, lr_ft=2e-3, tokenizer_docs=200, seed=1),
 }
 
 MECHANISM = {

@@ -7,6 +7,11 @@ permutation test (``categorize.shift.pooled_category_shift``) with three ways of
 - ``soft``: every latent weighted by its evidence, π_c ∝ max(0, 2·AUROC_rest − 1) where AUROC vs neutral ≥ 0.5;
 - ``top1``: the single best category with AUROC vs neutral and vs the rest both > 0.6;
 
+``enrich`` asks another question, with the same test: is category c over-represented among the model-specific latents
+(S ∪ T, both directions) against the live shared latents (0.1 < Δ < 0.9)? It has no sign (a fine-tune that learns a
+broken format gains B-specific latents on that format's prompts), so it says which categories the fine-tune changed,
+not which way;
+
 and a fourth statistic that labels nothing: ``affinity``, a Mann–Whitney test of S against T on each latent's AUROC
 of category prompts vs the other categories' prompts (latents as units, seeds pooled without clustering, so its p is
 optimistic). Prints one JSON object on its last line.
@@ -35,14 +40,15 @@ from lm_diff.diff.controls import seed_clusters  # noqa: E402
 
 def seed_stages(run: Path) -> list[tuple[int, Path, Path, Path]]:
     """(seed, diff stage, grounding stage, crosscoder folder) for every grounded A-B crosscoder in the run."""
-    out = []
-    for g in sorted((run / "stages").glob("grounding-*")):
+    out = {}
+    for g in sorted((run / "stages").glob("grounding-*"), key=lambda p: (p / "DONE.json").stat().st_mtime):
         diff = run / "stages" / json.loads((g / "KEY.json").read_text())["diff"]
         key = json.loads((diff / "KEY.json").read_text())
         if key.get("name", "AB") != "AB":
             continue
-        out.append((int(key["seed"]), diff, g, run / "stages" / key["crosscoder"] / "crosscoder"))
-    return sorted(out)
+        # a folder reused across configurations holds several stages per seed: the latest one is the run's
+        out[int(key["seed"])] = (int(key["seed"]), diff, g, run / "stages" / key["crosscoder"] / "crosscoder")
+    return sorted(out.values())
 
 
 def labels(g: pd.DataFrame, latents: list[int], mode: str) -> list:
@@ -84,20 +90,26 @@ def main(argv=None) -> dict:
         sc = pd.read_parquet(diff / "scaling.parquet")
         pick = lambda d: sorted(int(j) for j in sc[(sc["direction"] == d) & sc["specific"].astype(bool)  # noqa: E731
                                                    & (sc["role"] != "baseline")]["latent"].unique())
-        sets.append((pd.read_parquet(g / "grounding.parquet"), pick("B"), pick("A"), cid))
+        lt = pd.read_parquet(diff / "latent_table.parquet")
+        shared = sorted(int(j) for j in lt[(lt["freq"] > 0) & (lt["delta_norm"] > 0.1) & (lt["delta_norm"] < 0.9)]["latent"])
+        sets.append((pd.read_parquet(g / "grounding.parquet"), pick("B"), pick("A"), cid, shared))
     result: dict = {"run": str(args.run), "seeds": [s for s, *_ in items], "statistics": {}}
     modes = [m for m in args.modes.split(",") if m]
     for mode in modes:
-        per_seed = [(labels(g, S, mode), labels(g, T, mode)) for g, S, T, _ in sets]
-        clusters = [(cid[S], cid[T]) for _, S, T, cid in sets]
+        if mode == "enrich":  # specific (S ∪ T) against live shared latents, hard labels
+            per_seed = [(labels(g, S + T, "hard"), labels(g, R, "hard")) for g, S, T, _, R in sets]
+            clusters = [(cid[S + T], cid[R]) for _, S, T, cid, R in sets]
+        else:
+            per_seed = [(labels(g, S, mode), labels(g, T, mode)) for g, S, T, _, _ in sets]
+            clusters = [(cid[S], cid[T]) for _, S, T, cid, _ in sets]
         df = pooled_category_shift(per_seed, clusters, tax, StatsConfig(permutations=args.permutations))
         result["statistics"][mode] = {r["category"]: {"share_ratio": r["share_ratio"], "p": r["p"], "q": r["q"],
                                                       "n_S": r["n_S"], "n_T": r["n_T"]}
                                       for r in df.to_dict("records")}
     aff = {}
     for c in [t.name for t in tax]:
-        xs = np.concatenate([g[(g["category"] == c) & g["latent"].isin(S)]["auroc_rest"].to_numpy() for g, S, _, _ in sets])
-        ys = np.concatenate([g[(g["category"] == c) & g["latent"].isin(T)]["auroc_rest"].to_numpy() for g, _, T, _ in sets])
+        xs = np.concatenate([g[(g["category"] == c) & g["latent"].isin(S)]["auroc_rest"].to_numpy() for g, S, _, _, _ in sets])
+        ys = np.concatenate([g[(g["category"] == c) & g["latent"].isin(T)]["auroc_rest"].to_numpy() for g, _, T, _, _ in sets])
         if len(xs) and len(ys):
             aff[c] = {"mean_S": float(xs.mean()), "mean_T": float(ys.mean()), "p": float(mannwhitneyu(xs, ys).pvalue)}
     result["statistics"]["affinity"] = aff

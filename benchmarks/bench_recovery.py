@@ -11,6 +11,10 @@ share ratio and interval, and checks the targets:
 - null pairs: no category significant (q < 0.05 or an interval excluding no change) in any rerun;
 - identity control: 0 specific latents; the first (cold) full run ≤ 300 s on this machine.
 
+Informational, in no target: the category change test (``categories[].latent_change``, docs/method.md#category-change:
+which categories the fine-tune changed, either way): its q per rerun, ``change_hits`` (reruns with change q ≤ 0.01 and
+a positive ratio) and, on the null pair, ``null_change_positives`` (categories with change q < 0.05).
+
 Prints a table per family and, on its last line, one JSON object with every figure and ``ok`` (true only when every
 target holds). ``--set KEY=VALUE`` is passed to every run (to evaluate another configuration on both families).
 
@@ -34,6 +38,7 @@ PLANTED_Q = 0.01
 UNPLANTED_Q = 0.05
 HIT_SHARE = 0.8
 FULL_RUN_MAX_S = 300.0
+CHANGE_Q = 0.01  # informational: a change "hit" (docs/method.md#category-change), no target
 
 
 def _num(x):
@@ -53,12 +58,14 @@ def read_run(report_path: Path) -> dict:
         ls = c.get("latent_shift") or {}
         if c["name"] == "unassigned" or not ls:
             continue
+        lc = c.get("latent_change") or {}  # absent in reports written before the change test
         cats[c["name"]] = {"q": _num(ls.get("q_value")), "ratio": _num(ls.get("share_ratio")),
                            "ci_low": _num(ls.get("ci_low")), "ci_high": _num(ls.get("ci_high")),
                            "n_S": _num(ls.get("n_S")), "n_T": _num(ls.get("n_T")),
                            "insufficient": bool(ls.get("insufficient")), "excludes_zero": excludes_zero(ls),
                            "mds_up": _num(ls.get("mds_up")), "mds_down": _num(ls.get("mds_down")),
-                           "planted_sign": c.get("planted_sign")}
+                           "planted_sign": c.get("planted_sign"), "change_q": _num(lc.get("q")),
+                           "change_ratio": _num(lc.get("ratio"))}
     ident = (r.get("controls") or {}).get("identity") or {}
     n_ident = sum(int(ident.get(k) or 0) for k in ("n_b_specific", "n_a_specific"))
     timings = (r.get("run") or {}).get("timings") or {}
@@ -99,7 +106,10 @@ def evaluate(family: str, runs: list[dict], nulls: list[dict]) -> dict:
                  "ci": [[x.get("ci_low"), x.get("ci_high")] for x in rows],
                  "q_spread": _spread(qs), "ratio_spread": _spread(ratios),
                  "mds_up": _spread([x.get("mds_up") for x in rows]),
-                 "mds_down": _spread([x.get("mds_down") for x in rows])}
+                 "mds_down": _spread([x.get("mds_down") for x in rows]),
+                 # informational (no target): which categories changed, either way
+                 "change_q": [x.get("change_q") for x in rows], "change_ratio": [x.get("change_ratio") for x in rows],
+                 "change_hits": sum(_change_hit(x) for x in rows)}
         if sign:
             hits = [bool(x.get("q") is not None and x["q"] <= PLANTED_Q and x.get("excludes_zero")
                          and x.get("ratio") is not None and math.copysign(1, x["ratio"]) == sign) for x in rows]
@@ -121,6 +131,9 @@ def evaluate(family: str, runs: list[dict], nulls: list[dict]) -> dict:
         if bad:
             null_false[i] = bad
     out["null_false_positives"] = null_false
+    out["null_change_positives"] = {i: bad for i, r in enumerate(nulls)  # informational, no target
+                                    if (bad := [c for c, x in r["categories"].items()
+                                                if x.get("change_q") is not None and x["change_q"] < UNPLANTED_Q])}
     if null_false:
         out["failures"].append(f"{family}: null pair significant: {null_false}")
     ident = [r["identity_specific"] for r in runs + nulls]
@@ -133,6 +146,11 @@ def evaluate(family: str, runs: list[dict], nulls: list[dict]) -> dict:
     if out["full_run_s"] is not None and out["full_run_s"] > FULL_RUN_MAX_S:
         out["failures"].append(f"{family}: full run {out['full_run_s']:.0f} s > {FULL_RUN_MAX_S:.0f} s")
     return out
+
+
+def _change_hit(x: dict) -> bool:
+    q, r = x.get("change_q"), x.get("change_ratio")
+    return q is not None and q <= CHANGE_Q and r is not None and r > 0
 
 
 def _spread(xs):
@@ -153,16 +171,20 @@ def _fmt(x, pct=False):
 def print_table(res: dict) -> None:
     print(f"\n{res['family']}: {res['reruns']} reruns, {res['null_reruns']} null reruns; "
           f"first full run {res['full_run_s'] or float('nan'):.0f} s")
-    print(f"{'category':22s} {'planted':>7s}  {'q per rerun':40s} {'ratio per rerun':40s} verdict")
+    print(f"{'category':22s} {'planted':>7s}  {'q per rerun':40s} {'ratio per rerun':40s} verdict"
+          f"{'':14s} {'changed q per rerun (info)'}")
     for c, e in res["categories"].items():
         qs = " ".join(_fmt(q) for q in e["q"])
         rs = " ".join(_fmt(r, pct=True) for r in e["ratio"])
         sign = {1: "+", -1: "−", 0: "0"}.get(e["planted_sign"], "?")
         verdict = (f"{e['hits']}/{res['reruns']} found" if e["planted_sign"] else
                    ("clean" if not e["false_positive_reruns"] else f"false + in {e['false_positive_reruns']}"))
-        print(f"{c:22s} {sign:>7s}  {qs:40s} {rs:40s} {verdict}")
+        cq = " ".join(_fmt(q) for q in e.get("change_q") or [])
+        print(f"{c:22s} {sign:>7s}  {qs:40s} {rs:40s} {verdict:21s} {cq} ({e.get('change_hits', 0)} at q ≤ {CHANGE_Q})")
     print(f"null pair: {'clean' if not res['null_false_positives'] else res['null_false_positives']}; "
           f"identity control specific latents per run: {res['identity_specific']}")
+    print(f"null pair, changed either way at q < {UNPLANTED_Q} (informational): "
+          f"{res.get('null_change_positives') or 'none'}")
 
 
 def main(argv=None) -> dict:

@@ -32,6 +32,16 @@ SETS = ("S", "T")
 SINGLE_SEED = "single_seed"
 POOLED_SEEDS = "pooled_seeds"
 
+# Which categories the fine-tune changed, either way (docs/method.md#category-change): columns of
+# ``categorize.change.category_change``, carried in the shift table next to the headline (report: latent_change).
+CHANGE_RATIO = "change_ratio"
+CHANGE_P = "change_p"
+CHANGE_Q = "change_q"
+N_SPECIFIC = "n_specific"
+N_SHARED = "n_shared"
+CHANGE_INSUFFICIENT = "change_insufficient"
+CHANGE_COLUMNS = (CHANGE_RATIO, CHANGE_P, CHANGE_Q, N_SPECIFIC, N_SHARED, CHANGE_INSUFFICIENT)
+
 
 @dataclasses.dataclass(frozen=True)
 class Table:

@@ -278,6 +278,7 @@ def cluster_shift(
     n_perm: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    alternative: str = "two-sided",
 ) -> dict[str, np.ndarray]:
     """Category shift between two sets whose members come in clusters (one cluster = the same feature found by
     several crosscoder seeds), with inference at the cluster level.
@@ -287,10 +288,13 @@ def cluster_shift(
     N_S = Σ_k in_S_k (likewise T). Returns per category ``share_ratio`` R_c − 1 with R_c = (n_c^S/N_S)/(n_c^T/N_T),
     ``lo``/``hi`` (percentile cluster bootstrap: resample clusters with replacement), ``p`` (two-sided
     cluster label-permutation test of the share difference: shuffle π across clusters, keeping each cluster's
-    membership; (1 + #{|null| ≥ |obs|}) / (1 + n_perm)), and the pooled ``n_S``, ``n_T``, ``N_S``, ``N_T``.
+    membership; (1 + #{|null| ≥ |obs|}) / (1 + n_perm); ``alternative="greater"`` / ``"less"``: one-sided, counting
+    null ≥ obs / null ≤ obs), and the pooled ``n_S``, ``n_T``, ``N_S``, ``N_T``.
     Treating clusters, not latents, as the unit keeps a feature that every seed finds from counting as independent
     evidence; with one seed and singleton clusters ``p`` is the latent-level permutation test.
     """
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(f"alternative must be two-sided, greater or less, got {alternative!r}")
     u = np.asarray(in_S_K, dtype=float)
     v = np.asarray(in_T_K, dtype=float)
     L = np.asarray(labels_KC, dtype=float)
@@ -329,7 +333,8 @@ def cluster_shift(
         e = min(n_perm, s + chunk)
         perm = np.argsort(rng.random((e - s, K)), axis=1)
         null[s:e] = np.einsum("k,bkc->bc", w, L[perm])
-    exceed = (np.abs(null) >= np.abs(obs) - 1e-12).sum(axis=0)
+    sg = {"greater": 1.0, "less": -1.0}.get(alternative, 0.0)  # 0: two-sided
+    exceed = ((sg * null >= sg * obs - 1e-12) if sg else (np.abs(null) >= np.abs(obs) - 1e-12)).sum(axis=0)
     out["p"] = (1 + exceed) / (1 + n_perm)
     return out
 

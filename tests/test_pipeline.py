@@ -96,6 +96,7 @@ def test_report_files_and_schema(tiny_run):
     for c in data["categories"]:
         assert {"name", "latent_shift", "score_gap", "agreement"} <= set(c)
         assert {"share_ratio", "count_ratio", "ci_low", "ci_high", "q_value"} <= set(c["latent_shift"])
+        assert set(c["latent_change"]) == {"ratio", "p", "q", "n_specific", "n_shared", "insufficient"}, c["name"]
         if c["name"] in set(data["run"]["task_categories"].values()):  # a category with a task has a score gap
             assert {"delta", "ci_low", "ci_high"} <= set(c["score_gap"] or {}), c["name"]
     html = (out / "report.html").read_text()
@@ -208,6 +209,11 @@ def test_two_seeds_pool_into_the_headline_shift(tiny_run, tiny_organisms):
     pooled, single = pd.read_parquet(stage / "shift.parquet"), pd.read_parquet(stage / "shift_main_seed.parquet")
     assert pooled["N_S"].iloc[0] > single["N_S"].iloc[0] and pooled["N_T"].iloc[0] > single["N_T"].iloc[0]
     assert pooled.attrs["seeds"] == 2 and 0 < pooled.attrs["clusters"] <= pooled["N_S"].iloc[0] + pooled["N_T"].iloc[0]
+    # the category change test pools the same seeds: S ∪ T against the live shared latents (one-sided, BH)
+    ch = pooled.attrs["change"]
+    assert ch["seeds"] == 2 and ch["N_specific"] == pooled["N_S"].iloc[0] + pooled["N_T"].iloc[0] and ch["N_shared"] > 0
+    tested = pooled[~pooled["change_insufficient"].astype(bool) & (pooled["category"] != "unassigned")]
+    assert len(tested) and tested["change_p"].between(0, 1).all() and (tested["change_q"] >= tested["change_p"]).all()
     planted = json.loads((tiny_organisms / "organism.json").read_text())["planted"]
     cats = {c["name"]: c for c in report["categories"]}
     for name, c in cats.items():

@@ -64,6 +64,16 @@ def test_schema_top_level(full):
     for k in ("share_ratio", "count_ratio", "ci_low", "ci_high", "q_value", "n_S", "n_T", "insufficient"):
         assert k in s["latent_shift"], k
     assert set(s["score_gap"]) >= {"delta", "ci_low", "ci_high"}
+    # the category change test beside the headline (docs/method.md#category-change)
+    assert s["latent_change"] == {"ratio": 4.67, "p": 0.0004, "q": 0.0014, "n_specific": 6, "n_shared": 10,
+                                  "insufficient": False}
+    assert cats["instruction_following"]["latent_change"]["insufficient"] is True
+    changed = rep["summary"]["changed"]
+    assert "safety (+467 % q 0.0014)" in changed and "multilingual" in changed and "code" not in changed
+    assert "not in which direction" in changed
+    md = (out / "report.md").read_text()
+    assert "| changed (either way) |" in md and "| +467 % q 0.0014 |" in md and "| insufficient |" in md
+    assert changed.split(":")[0] in md and changed.split(":")[0] in (out / "report.html").read_text()
     assert s["agreement"] is True and cats["code"]["agreement"] is True and cats["math"]["agreement"] is None
     assert s["exposure"]["S"] > cats["code"]["exposure"]["S"]
     assert s["association"]["r"] > 0.5
@@ -194,6 +204,7 @@ def test_terminal_summary_fits_80_columns(full):
     assert "quality gates: PASS" in text and "instruction_following" in text and "…" not in text
     assert text.index(rep["summary"]["findings"][0][:30]) < text.index("quality gates")  # the summary comes first
     assert max(len(line) for line in text.splitlines()) <= 80
+    assert " changed " in text and "+467%*" in text  # the change test, compact: * at q <= 0.05
 
 
 def test_html_renders_headless(full, tmp_path):

@@ -226,6 +226,7 @@ def pooled_category_shift(
     masses: Optional[Sequence[tuple[Sequence[float], Sequence[float]]]] = None,
     *,
     include_unassigned: bool = True,
+    alternative: str = "two-sided",
 ) -> pd.DataFrame:
     """Category shift pooled over crosscoder seeds, with clusters of matched latents as the statistical unit.
 
@@ -238,7 +239,8 @@ def pooled_category_shift(
     ``clusters_c`` (clusters carrying the category), ``ci_level`` (the intervals' level: the FCR level
     1 − max(R, 1)·α/m unless ``stats.fcr_intervals`` is false), ``mds_up``/``mds_down`` (the smallest share ratio
     − 1 up and down detectable with ``stats.power`` at level α/m, what one category alone needs for q ≤ α; NaN:
-    not detectable; docs/method.md#minimum-detectable-shift) and, with ``masses``, pooled ``mass_share_S``/``_T``."""
+    not detectable; docs/method.md#minimum-detectable-shift) and, with ``masses``, pooled ``mass_share_S``/``_T``.
+    ``alternative``: of the permutation test (``"greater"``: S's share larger, as ``category_change`` asks)."""
     conf, n_boot, n_perm, min_count, seed = _stats_params(stats_cfg)
     cats = category_names(taxonomy)
     names = cats + ([UNASSIGNED] if include_unassigned else [])
@@ -269,7 +271,7 @@ def pooled_category_shift(
     lab = np.zeros((K, len(names)))
     np.add.at(lab, k, pi)
     lab /= np.maximum(size, 1)[:, None]
-    res = cluster_shift(u, v, lab, n_boot=n_boot, n_perm=n_perm, confidence=conf, seed=seed)
+    res = cluster_shift(u, v, lab, n_boot=n_boot, n_perm=n_perm, confidence=conf, seed=seed, alternative=alternative)
     nS_exact = pi[in_S].sum(0)
     nT_exact = pi[~in_S].sum(0)
     N_S, N_T = float(in_S.sum()), float((~in_S).sum())

@@ -15,11 +15,26 @@ import pandas as pd
 from lm_diff.bench.join import score_gaps
 from lm_diff.bench.probes import is_probe_task
 from lm_diff.link.association import association, causal_table, exposure, gap_significant, sign_agreement
-from lm_diff.schema import CI_HIGH, CI_LOW, METHOD, P_VALUE, Q_VALUE
+from lm_diff.schema import (
+    CHANGE_INSUFFICIENT,
+    CHANGE_P,
+    CHANGE_Q,
+    CHANGE_RATIO,
+    CI_HIGH,
+    CI_LOW,
+    METHOD,
+    N_SHARED,
+    N_SPECIFIC,
+    P_VALUE,
+    Q_VALUE,
+)
 from lm_diff.stats import bh_qvalues
 
 SHIFT_KEYS = ("share_ratio", "count_ratio", CI_LOW, CI_HIGH, Q_VALUE, P_VALUE, "n_S", "n_T", "N_S", "N_T",
               "insufficient", "mass_share_S", "mass_share_T", "ci_level", "mds_up", "mds_down")
+# report.json's latent_change keys <- the shift table's change columns (docs/method.md#category-change)
+CHANGE_KEYS = {"ratio": CHANGE_RATIO, "p": CHANGE_P, "q": CHANGE_Q, "n_specific": N_SPECIFIC, "n_shared": N_SHARED,
+               "insufficient": CHANGE_INSUFFICIENT}
 GAP_KEYS = ("delta", "ci_low", "ci_high", "p_value", "n", "score_a", "score_b", "tasks", "unit", "flips_up", "flips_down",
             "mds")
 
@@ -68,8 +83,8 @@ def make_category_table(
     association: Optional[pd.DataFrame] = None,
     causal: Optional[Mapping[str, Mapping]] = None,
 ) -> list[dict]:
-    """Merge the per-category outputs of the shift and link computations: [{name, latent_shift, exposure,
-    association, causal}].
+    """Merge the per-category outputs of the shift and link computations: [{name, latent_shift, latent_change,
+    exposure, association, causal}] (latent_change: the shift table's ``change_*`` columns under ``CHANGE_KEYS``).
 
     ``shift``: the shift table (lm_diff.schema "shift": share_ratio and count_ratio as R − 1, ci_low/ci_high of the
     share ratio on the same scale, p_value, q_value, n_S, n_T, N_S, N_T, insufficient, method, clusters when pooled);
@@ -79,7 +94,8 @@ def make_category_table(
     rows: dict[str, dict] = {}
 
     def row(c: str) -> dict:
-        return rows.setdefault(str(c), {"name": str(c), "latent_shift": None, "exposure": None, "association": None, "causal": None})
+        return rows.setdefault(str(c), {"name": str(c), "latent_shift": None, "latent_change": None, "exposure": None,
+                                        "association": None, "causal": None})
 
     for r in records(shift):
         ls = {k: r.get(k) for k in SHIFT_KEYS if k in r}
@@ -89,6 +105,8 @@ def make_category_table(
         if r.get("clusters") is not None:  # pooled over seeds: clusters of matched latents carrying the category
             ls["clusters"] = r["clusters"]
         row(r["category"])["latent_shift"] = ls
+        if any(r.get(col) is not None for col in CHANGE_KEYS.values()):  # a shift table with the change columns
+            row(r["category"])["latent_change"] = {k: r.get(col) for k, col in CHANGE_KEYS.items()}
     if exposure is not None and len(exposure):
         for c, g in exposure.groupby("category"):
             ex: dict[str, Any] = {"by_task": {}}
@@ -126,7 +144,7 @@ def linked_qvalues(categories: list[dict]) -> None:
 
 
 def link_categories(category_table: Any, score_table: Any, alpha: float = 0.05) -> list[dict]:
-    """Rows {name, latent_shift, score_gap, perplexity_gap, exposure, association, causal, agreement}, one per
+    """Rows {name, latent_shift, latent_change, score_gap, perplexity_gap, exposure, association, causal, agreement}, one per
     category of ``category_table`` (``make_category_table``) or of the category-level score gaps, with ``q_linked``
     and the sign agreement (computed on ``q_linked`` where the category is in the linked family). ``score_gap`` is the
     accuracy-like pool (``level`` category), ``perplexity_gap`` the category's perplexity probes (``level`` probe,
@@ -141,7 +159,8 @@ def link_categories(category_table: Any, score_table: Any, alpha: float = 0.05) 
     for n in dict.fromkeys([*cats, *gaps, *probes]):
         c, g, pg = cats.get(n, {"name": n}), gaps.get(n), probes.get(n)
         ls = c.get("latent_shift")
-        out.append({"name": n, "latent_shift": dict(ls) if ls else ls,
+        lc = c.get("latent_change")
+        out.append({"name": n, "latent_shift": dict(ls) if ls else ls, "latent_change": dict(lc) if lc else None,
                     "score_gap": {k: g.get(k) for k in GAP_KEYS} if g else None,
                     "perplexity_gap": {k: pg.get(k) for k in GAP_KEYS} if pg else None,
                     "exposure": c.get("exposure"), "association": c.get("association"), "causal": c.get("causal"),

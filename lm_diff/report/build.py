@@ -306,6 +306,7 @@ def build_report(
             "description": getattr(taxo.get(n), "description", None),
             "parent": getattr(taxo.get(n), "parent", None),
             "latent_shift": c.get("latent_shift"),
+            "latent_change": c.get("latent_change"),
             "score_gap": c.get("score_gap"),
             "perplexity_gap": c.get("perplexity_gap"),
             "exposure": c.get("exposure"),

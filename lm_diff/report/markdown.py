@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from lm_diff.link.table import as_float as _f
+from lm_diff.report.summary import change_text
 
 
 def fmt_num(x: Any, nd: int = 1, signed: bool = False) -> str:
@@ -102,6 +103,7 @@ def category_rows(report: dict) -> list[list[str]]:
             fmt_pct(ls.get("count_ratio")) if ls else "–",
             _q_cell(ls) if ls else "–",
             f"{ls.get('n_S', '–')}/{ls.get('n_T', '–')}" + (" insufficient" if ls.get("insufficient") else "") if ls else "–",
+            change_text(c.get("latent_change")),
             f"{fmt_num(ex.get('S'), 2)} / {fmt_num(ex.get('T'), 2)}" if ex else "–",
             f"{fmt_num(a.get('r'), 2, True)} (p {fmt_p(a.get('p_value'))})" if a else "–",
             fmt_num(k.get("fraction"), 2) + (f" (rand {fmt_num(k.get('random_fraction'), 2)})" if k.get("random_fraction") is not None else "") if k else "–",
@@ -163,7 +165,8 @@ def task_rows(report: dict) -> list[list[Any]]:
     return rows
 
 
-CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "perplexity Δ (nats/byte) [CI] ×ppl", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T", "exposure S/T",
+CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "perplexity Δ (nats/byte) [CI] ×ppl", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T",
+                    "changed (either way)", "exposure S/T",
                     "assoc. r (p)", "causal frac.", "seeds", "sign"]
 
 
@@ -216,7 +219,7 @@ def to_markdown(report: dict, cards_per_set: Optional[int] = None) -> str:
     if s.get("overall"):
         L += [f"**{_md_text(s['overall'])}**", ""]
     L += [f"- {_md_text(f)}" for f in s.get("findings") or []] + [""]
-    for k in ("perplexity", "unsupported", "organism"):
+    for k in ("perplexity", "changed", "unsupported", "organism"):
         if s.get(k):
             L += [_md_text(s[k]), ""]
     L += ["## Quality and controls", ""]

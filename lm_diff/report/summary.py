@@ -5,7 +5,9 @@ own numbers; it computes nothing new.
 A category *moves on the benchmarks* when its score-gap CI excludes 0; its *latents shift* when the share ratio's q is
 at most ``1 − stats.confidence`` and the category has enough latents (not ``insufficient``). Its *held-out text moves*
 when its perplexity probe's CI (log-likelihood per byte, docs/method.md#perplexity-probes) excludes 0; that is said
-next to the other two, never instead of them.
+next to the other two, never instead of them. A category *changed (either way)* when the model-specific latents
+(S ∪ T) over-represent it against the shared latents at change q ≤ ``1 − stats.confidence``
+(docs/method.md#category-change); that says what the fine-tune changed, not in which direction.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 from lm_diff.link.table import as_float as _f
 
-__all__ = ["build_summary", "summary_lines", "significant_gap", "significant_shift", "perplexity_text"]
+__all__ = ["build_summary", "summary_lines", "significant_gap", "significant_shift", "perplexity_text", "change_text"]
 
 
 def _pct(x: Optional[float]) -> str:
@@ -167,6 +169,29 @@ def _controls_line(controls: Mapping, quality: Mapping) -> str:
     return "Controls: " + "; ".join(bits) + "."
 
 
+def change_text(lc: Optional[Mapping]) -> str:
+    """The compact cell of a category's ``latent_change`` ("+467 % q 0.001"; "insufficient"; "–" when absent)."""
+    if not lc:
+        return "–"
+    if lc.get("insufficient"):
+        return "insufficient"
+    r, q = _f(lc.get("ratio")), _f(lc.get("q"))
+    ratio = "unbounded" if r is None else f"{100 * r:+.0f} %"
+    return f"{ratio} q {_q(q)}"
+
+
+def _changed(categories: list, alpha: float) -> Optional[str]:
+    """One sentence naming the categories whose model-specific latents are enriched at change q ≤ alpha."""
+    hits = [c for c in categories if not (c.get("latent_change") or {}).get("insufficient")
+            and (q := _f((c.get("latent_change") or {}).get("q"))) is not None and q <= alpha
+            and (_f(c["latent_change"].get("ratio")) or 0) > 0]
+    if not hits:
+        return None
+    cells = [f"{c['name']} ({change_text(c['latent_change'])})" for c in hits]
+    return ("Changed by the fine-tune, either way (model-specific latents of A and B enriched against the shared "
+            f"ones, q ≤ {alpha:g}): " + "; ".join(cells) + ". This says which categories changed, not in which direction.")
+
+
 def _unsupported(categories: list, alpha: float) -> Optional[str]:
     few = [c for c in categories if (c.get("latent_shift") or {}).get("insufficient") and c["name"] != "unassigned"]
     if not few:
@@ -180,7 +205,7 @@ def _unsupported(categories: list, alpha: float) -> Optional[str]:
 
 def build_summary(report: Mapping, alpha: float = 0.05) -> dict:
     """``{"findings": [sentence per category that moves], "overall", "quality", "controls", "unsupported",
-    "organism"}`` (strings; None where there is nothing to say)."""
+    "organism", "perplexity", "changed"}`` (strings; None where there is nothing to say)."""
     cats = [c for c in report.get("categories") or [] if c.get("name") != "unassigned"]
     order = {n: i for i, n in enumerate(report.get("ranking") or [])}
     cats_sorted = sorted(cats, key=lambda c: (significant_gap(c.get("score_gap")) in (None, 0),
@@ -201,14 +226,15 @@ def build_summary(report: Mapping, alpha: float = 0.05) -> dict:
                     f"{org['top_category']} ({'recovered' if org.get('recovered') else 'not a planted one'}).")
     return {"overall": overall, "findings": findings, "quality": _quality_line(report.get("quality") or {}),
             "controls": _controls_line(report.get("controls") or {}, report.get("quality") or {}),
-            "unsupported": _unsupported(cats, alpha), "organism": org_line, "perplexity": _perplexity_only(cats)}
+            "unsupported": _unsupported(cats, alpha), "organism": org_line, "perplexity": _perplexity_only(cats),
+            "changed": _changed(cats, alpha)}
 
 
 def summary_lines(summary: Optional[Mapping]) -> list[str]:
-    """The summary as sentences in reading order (overall, findings, perplexity, unsupported, quality, controls,
-    organism)."""
+    """The summary as sentences in reading order (overall, findings, perplexity, changed, unsupported, quality,
+    controls, organism)."""
     if not summary:
         return []
     s = summary
-    return [x for x in (s.get("overall"), *(s.get("findings") or []), s.get("perplexity"), s.get("unsupported"), s.get("quality"),
+    return [x for x in (s.get("overall"), *(s.get("findings") or []), s.get("perplexity"), s.get("changed"), s.get("unsupported"), s.get("quality"),
                         s.get("controls"), s.get("organism")) if x]

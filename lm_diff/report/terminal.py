@@ -36,7 +36,7 @@ def _ratio_cell(ls: dict) -> str:
 
 
 def category_table(report: dict) -> Table:
-    """category | Δscore pts [CI] | latents S/T | share ratio (×) | q: at most 80 columns."""
+    """category | Δscore pts [CI] | latents S/T | share ratio (×) | q | ppl | changed: at most 80 columns."""
     t = Table(title="categories", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     t.add_column("category", no_wrap=True)
     t.add_column("Δscore pts [CI]", no_wrap=True)
@@ -44,11 +44,12 @@ def category_table(report: dict) -> Table:
     t.add_column("ratio", no_wrap=True, justify="right")
     t.add_column("q", no_wrap=True, justify="right")
     t.add_column("ppl", no_wrap=True, justify="right")
+    t.add_column("changed", no_wrap=True, justify="right")
     for c in report["categories"]:
         ls, g = c.get("latent_shift") or {}, c.get("score_gap") or {}
         n = f"{int(_f(ls.get('n_S')) or 0)}/{int(_f(ls.get('n_T')) or 0)}" if ls else "–"
         t.add_row(escape(c["name"]), _gap_cell(g), n, _ratio_cell(ls), fmt_p(ls.get("q_value")) if ls else "–",
-                  _ppl_cell(c.get("perplexity_gap")))
+                  _ppl_cell(c.get("perplexity_gap")), _change_cell(c.get("latent_change")))
     return t
 
 
@@ -58,6 +59,17 @@ def _ppl_cell(pg: Optional[Mapping]) -> str:
     if d is None:
         return "–"
     return f"×{math.exp(-d):.2f}" + ("*" if significant_gap(pg) else "")
+
+
+def _change_cell(lc: Optional[Mapping]) -> str:
+    """The category change test (docs/method.md#category-change): ``+467%*`` (* change q ≤ 0.05), ``few``
+    when insufficient."""
+    if not lc:
+        return "–"
+    r, q = _f(lc.get("ratio")), _f(lc.get("q"))
+    if lc.get("insufficient") or r is None:
+        return "few" if lc.get("insufficient") else "–"
+    return f"{100 * r:+.0f}%" + ("*" if q is not None and q <= 0.05 else "")
 
 
 def print_summary(report: dict, console: Any = None) -> None:
@@ -70,6 +82,8 @@ def print_summary(report: dict, console: Any = None) -> None:
         con.print(f"• {escape(f)}")
     if s.get("perplexity"):
         con.print(escape(s["perplexity"]))
+    if s.get("changed"):
+        con.print(escape(s["changed"]))
     if s.get("unsupported"):
         con.print(f"[yellow]{escape(s['unsupported'])}[/yellow]")
     q = report["quality"]
@@ -87,6 +101,7 @@ def print_summary(report: dict, console: Any = None) -> None:
     con.print(category_table(report))
     con.print("ratio: share of the category among fine-tune-specific latents (S) over its share among the comparison "
               "set (T); q: label-permutation test, BH; "
-              "ppl: B's byte perplexity over A's on held-out category text (* CI excludes no change). "
+              "ppl: B's byte perplexity over A's on held-out category text (* CI excludes no change); "
+              "changed: share among A- and B-specific latents over share among shared ones, either way (* q ≤ 0.05). "
               "Latent browser, tasks and caveats: report.html / report.md.",
               style="dim")

@@ -3,7 +3,8 @@
 ``categorize`` (keyed on the diff and grounding stages and ``categories.*``): the selected latents' categories
 (grounded, or LLM labels when ``categories.method`` asks), the report's per-latent table and the (S, T) labels.
 ``shift`` (keyed on ``categorize``, every seed's diff and grounding stage and ``stats.*``): the category shift in the
-vocabulary of :mod:`lm_diff.schema` (pooled over seeds when configured) and the per-seed shifts of the seed control.
+vocabulary of :mod:`lm_diff.schema` (pooled over seeds when configured), beside it the category change test
+(``change_*`` columns, docs/method.md#category-change), and the per-seed shifts of the seed control.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from lm_diff import console
 from lm_diff.capture.store import ActivationStore
 from lm_diff.categorize.annotate import compare_with_grounded
+from lm_diff.categorize.change import category_change, live_shared
 from lm_diff.categorize.shift import category_shift, pooled_category_shift
 from lm_diff.categorize.taxonomy import get_taxonomy
 from lm_diff.config import RunConfig
@@ -28,7 +30,19 @@ from lm_diff.io import read_json, write_json
 from lm_diff.plugins.manager import hook, merged_mapping
 from lm_diff.run.analysis import CrosscoderDiff, Diffs, mass, set_triples, sets, stage_names
 from lm_diff.run.stages import Stages
-from lm_diff.schema import CI_HIGH, CI_LOW, METHOD, P_VALUE, POOLED_SEEDS, Q_VALUE, SINGLE_SEED, read_table, write_table
+from lm_diff.schema import (
+    CATEGORY,
+    CHANGE_COLUMNS,
+    CI_HIGH,
+    CI_LOW,
+    METHOD,
+    P_VALUE,
+    POOLED_SEEDS,
+    Q_VALUE,
+    SINGLE_SEED,
+    read_table,
+    write_table,
+)
 
 
 def categorize_stage(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int, diffs: Diffs) -> Path:
@@ -147,7 +161,7 @@ def in_vocabulary(shift: pd.DataFrame) -> pd.DataFrame:
 def shift_stage(cfg: RunConfig, stages: Stages, cat_dir: Path, diffs: Diffs) -> Path:
     seeds = list(cfg.controls.seeds)
     key = {"categorize": cat_dir.name, "diffs": stage_names(diffs, seeds), "design": cfg.design, "seeds": seeds,
-           "stats": dataclasses.asdict(cfg.stats), "method": cfg.categories.method, "version": 2}
+           "stats": dataclasses.asdict(cfg.stats), "method": cfg.categories.method, "version": 3}
 
     def fn(d: Path) -> dict:
         taxonomy = get_taxonomy(cfg)
@@ -160,13 +174,16 @@ def shift_stage(cfg: RunConfig, stages: Stages, cat_dir: Path, diffs: Diffs) -> 
         shift = category_shift(labels["S"], labels["T"], taxonomy, cfg.stats,
                                mass_S=mass(S, s_ids, "B"), mass_T=mass(T, t_ids, "A" if T is S else "B"),
                                per_seed=per_seed if len(seeds) > 1 else None, permutation=True)
-        if cfg.stats.pool_seeds and len(seeds) > 1 and cfg.categories.method != "llm":
+        pool = cfg.stats.pool_seeds and len(seeds) > 1
+        cl = cluster_ids(cfg, diffs, seeds if pool else seeds[:1])
+        if pool and cfg.categories.method != "llm":
             # headline: pooled over seeds, clusters of matched latents as the unit (docs/architecture.md)
             write_table(in_vocabulary(shift), d, "shift_main_seed")
-            shift = pooled_shift(cfg, diffs, seeds, taxonomy, per_seed)
+            shift = pooled_shift(cfg, diffs, seeds, taxonomy, per_seed, cl)
             console.out().print(f"pooled category shift over {len(seeds)} seeds: N_S = {int(shift.attrs['N_S'])}, "
                                 f"N_T = {int(shift.attrs['N_T'])} latents in {shift.attrs['clusters']} clusters")
-        write_table(in_vocabulary(shift), d, "shift")
+        change = change_shift(cfg, diffs, seeds if pool else seeds[:1], taxonomy, cl)
+        write_table(with_change(in_vocabulary(shift), change), d, "shift")
         rows = []
         for seed, (s_lab, t_lab) in zip(seeds, per_seed):
             sh = category_shift(s_lab, t_lab, taxonomy, cfg.stats)
@@ -180,23 +197,60 @@ def shift_stage(cfg: RunConfig, stages: Stages, cat_dir: Path, diffs: Diffs) -> 
     return d
 
 
-def pooled_shift(cfg: RunConfig, diffs: Diffs, seeds: list[int], taxonomy: list,
-                 per_seed: list[tuple[list, list]]) -> pd.DataFrame:
-    """The category shift pooled over seeds (``shift.pooled_category_shift``) from each seed's (S, T) labels, clusters
-    from Hungarian matching of each crosscoder's seeds (T's ids are offset when T comes from another crosscoder, so S
-    and T clusters stay apart)."""
+def cluster_ids(cfg: RunConfig, diffs: Diffs, seeds: list[int]) -> dict[str, dict[int, np.ndarray]]:
+    """{crosscoder name: {seed: cluster id of every latent}} from Hungarian matching of each crosscoder's seeds
+    (``controls.seed_clusters``; one seed: singletons). Ids are offset per crosscoder, so the clusters of S and T stay
+    apart when T comes from another crosscoder."""
     cl: dict[str, dict[int, np.ndarray]] = {}
     offset = 0
     for name, by_seed in diffs.items():
-        ids = seed_clusters([by_seed[s].cc for s in seeds], cfg.stats.cluster_min_cos)
+        ids = (seed_clusters([by_seed[s].cc for s in seeds], cfg.stats.cluster_min_cos) if len(seeds) > 1
+               else [np.arange(len(by_seed[seeds[0]].table))])  # one seed: singletons, no crosscoder to load
         cl[name] = {s: x + offset for s, x in zip(seeds, ids)}
         offset += int(max(int(x.max()) for x in ids)) + 1
+    return cl
+
+
+def pooled_shift(cfg: RunConfig, diffs: Diffs, seeds: list[int], taxonomy: list,
+                 per_seed: list[tuple[list, list]], cl: dict[str, dict[int, np.ndarray]]) -> pd.DataFrame:
+    """The category shift pooled over seeds (``shift.pooled_category_shift``) from each seed's (S, T) labels and the
+    clusters of ``cluster_ids``."""
     clusters, masses = [], []
     for seed in seeds:
         Sx, sx, Tx, tx = sets(cfg, diffs, seed)
         clusters.append((cl[Sx.name][seed][sx], cl[Tx.name][seed][tx]))
         masses.append((mass(Sx, sx, "B"), mass(Tx, tx, "A" if Tx is Sx else "B")))
     return pooled_category_shift(per_seed, clusters, taxonomy, cfg.stats, masses=masses)
+
+
+def change_shift(cfg: RunConfig, diffs: Diffs, seeds: list[int], taxonomy: list,
+                 cl: dict[str, dict[int, np.ndarray]]) -> pd.DataFrame:
+    """Which categories changed (``change.category_change``, docs/method.md#category-change): per seed, the specific
+    latents of both directions (S ∪ T) against the live shared latents of the same crosscoder(s), with grounded labels
+    (also when an LLM labels the headline's sets: the shared latents have no LLM label) and the clusters of
+    ``cluster_ids``."""
+    per_seed, clusters = [], []
+    for seed in seeds:
+        Sx, sx, Tx, tx = sets(cfg, diffs, seed)
+        spec_lab: list = [*Sx.labels(sx), *Tx.labels(tx)]
+        spec_k = [cl[Sx.name][seed][sx], cl[Tx.name][seed][tx]]
+        shared_lab: list = []
+        shared_k = []
+        for x in ([Sx] if Tx is Sx else [Sx, Tx]):
+            ids = live_shared(x.table)
+            shared_lab += x.labels(ids)
+            shared_k.append(cl[x.name][seed][ids])
+        per_seed.append((spec_lab, shared_lab))
+        clusters.append((np.concatenate(spec_k).astype(np.int64), np.concatenate(shared_k).astype(np.int64)))
+    return category_change(per_seed, clusters, taxonomy, cfg.stats)
+
+
+def with_change(shift: pd.DataFrame, change: pd.DataFrame) -> pd.DataFrame:
+    """The shift table with the ``change_*`` columns of ``change`` joined on the category (NaN where it has no row)."""
+    out = shift.drop(columns=[c for c in CHANGE_COLUMNS if c in shift.columns])
+    out = out.merge(change[[CATEGORY, *CHANGE_COLUMNS]], on=CATEGORY, how="left")
+    out.attrs = {**shift.attrs, "change": dict(change.attrs)}
+    return out
 
 
 def seed_summary(rows: list[dict], seeds: list[int]) -> dict[str, Any]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from helpers import make_tiny_model, make_tokenizer
+from transformers import AutoTokenizer
 
 from lm_diff.cli import main
 from lm_diff.run.init import sizes
@@ -57,8 +59,56 @@ def test_init_refuses_an_incompatible_pair_before_writing(pair, tmp_path, capsys
 
 def test_sizes_follow_width_and_budget():
     assert sizes(3584, 42, 20_000_000) == {"layer": 21, "expansion": 32, "dict_size": 114688, "k": 100,
-                                           "steps": 19531, "batch_size": 2048}
+                                           "steps": 19531, "batch_size": 2048, "warmup_steps": 1000,
+                                           "threshold_start_step": 1000, "dead_tokens": 10_000_000}
     assert sizes(64, 4, 40_000)["dict_size"] == 256 and sizes(64, 4, 40_000)["steps"] == 200
+
+
+def test_a_small_budget_gets_a_schedule_that_fits_its_steps():
+    """At 500k tokens init writes 488 steps; with the defaults (warmup 1000, threshold from step 1000, dead after 10M
+    tokens) the run ended in its warmup, the learning rate never above half its value: the crosscoders of a local
+    pair reached EV 0.50 / 0.47 (quality gate 0.7) where the same steps with this schedule reach 0.75 / 0.74."""
+    s = sizes(96, 3, 500_000)
+    assert s["steps"] == 488
+    assert s["warmup_steps"] == 48 and s["threshold_start_step"] == 244
+    assert s["dead_tokens"] == 250_000 < s["steps"] * s["batch_size"]
+
+
+def test_init_on_a_chat_transcript_suite_leaves_the_chat_template_off(tmp_path, capsys):
+    """diff_natural's items are stored as chat transcripts (``<|im_start|>user ... <|im_start|>assistant``); with
+    ``apply_chat_template: true``, written because the tokenizer has a template, lm-eval wrapped each one in a second
+    template and the base scored 56% on query_classification instead of 100%, a +19-point "gain" the fine-tune never
+    had. The natural pair, copied to plain folders, as a user brings it."""
+    import shutil
+
+    from lm_diff.config import from_dict
+    from lm_diff.run.pipeline import warn_chat_rendered
+
+    src = Path(__file__).resolve().parents[1] / "lm_diff" / "data" / "organisms" / "natural"
+    for name in ("base", "finetuned"):
+        shutil.copytree(src / name, tmp_path / name)
+    out = tmp_path / "pair.yaml"
+    assert main(["init", str(tmp_path / "base"), str(tmp_path / "finetuned"), "--suite",
+                 "diff_natural,diff_natural_probes", "--out", str(out), "--tokens", "500000"]) == 0
+    text = out.read_text()
+    data = yaml.safe_load(text)
+    assert data["benchmarks"]["apply_chat_template"] is False
+    assert "already carry the chat template ('<|im_start|>user' in diff_natural_safety_refusal" in text
+    assert data["capture"]["context_length"] == 512  # the models' max_position_embeddings
+    assert data["crosscoder"]["warmup_steps"] == 48 and data["crosscoder"]["dead_tokens"] == 250_000
+    assert main(["config", str(out)]) == 0
+    capsys.readouterr()
+    # a config that turns the template on anyway is warned about at run time
+    cfg = from_dict({**data, "benchmarks": {**data["benchmarks"], "apply_chat_template": True}}, where="t")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "base"))
+    flagged = warn_chat_rendered(cfg, tok)
+    # every category's task but code, whose items are plain Python
+    assert len(flagged) == 10 and "diff_natural_query_classification_message_type" in flagged
+    assert "diff_natural_code_python" not in flagged
+    assert "wraps them in a second one" in " ".join(capsys.readouterr().err.split())
+    # the probes (scored text, no prompt) and tasks whose items are plain text are not flagged
+    probes = from_dict({**data, "benchmarks": {"tasks": ["diff_natural_probes"], "apply_chat_template": True}}, where="t")
+    assert warn_chat_rendered(probes, tok) == []
 
 
 def test_readme_bring_your_own_pair_commands_exist():

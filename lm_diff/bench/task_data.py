@@ -18,6 +18,7 @@ later definition of a name replacing an earlier one, as lm-eval's index does.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from lm_diff.bench.paths import resolve_data_file, tasks_dir
 from lm_diff.bench.probes import probe_rows
 from lm_diff.errors import UserError
 
-__all__ = ["TaskDocuments", "task_yaml_index", "packaged_documents"]
+__all__ = ["TaskDocuments", "task_yaml_index", "packaged_documents", "chat_marker", "chat_rendered_tasks"]
 
 LOADERS = {"load_split": "rows", "load_probe": "probe"}
 """``custom_dataset`` functions of lm_diff's YAML (``lm_diff.bench.suites.<name>``) → how their documents are read."""
@@ -144,3 +145,58 @@ def packaged_documents(task_names: Iterable[str], extra: Optional[Iterable[str |
         visit(str(n))
     return out
 
+
+
+def chat_marker(tokenizer) -> Optional[str]:
+    """The line the tokenizer's chat template writes just before a user message's content (``<|im_start|>user``,
+    ``<start_of_turn>user``), or None without a template or when it writes nothing there. A template's default system
+    prompt comes before that line and is left out."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = "lm_diff_probe_content"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render one user turn marks nothing
+        return None
+    if not isinstance(text, str) or probe not in text:
+        return None
+    head = text.split(probe, 1)[0].strip()
+    line = head.splitlines()[-1].strip() if head else ""
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and line.startswith(bos):
+        line = line[len(bos):].strip()
+    return line or None
+
+
+def _strings(value) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def chat_rendered_tasks(task_names: Iterable[str], marker: Optional[str],
+                        extra: Optional[Iterable[str | os.PathLike]] = None, rows: int = 50) -> list[str]:
+    """Leaf tasks ``task_names`` reach whose packaged items already carry the chat template: ``marker``
+    (:func:`chat_marker`) in a field of one of their first ``rows`` rows. lm-eval's ``apply_chat_template`` would wrap
+    such a prompt in a second template (``<|im_start|>user <|im_start|>user ...``), so both models are scored on prompts
+    neither was made for. Perplexity probes (scored text, no prompt) and tasks without packaged data are not checked."""
+    if not marker:
+        return []
+    out = []
+    for t in packaged_documents(task_names, extra):
+        if t.output_type == "loglikelihood_rolling":
+            continue
+        for text in t.texts[:rows]:
+            try:
+                fields = list(_strings(json.loads(text)))
+            except ValueError:
+                fields = [text]
+            if any(marker in f for f in fields):
+                out.append(t.task)
+                break
+    return out

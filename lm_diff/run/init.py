@@ -7,6 +7,14 @@ Sizes come from the models' ``config.json`` and the capture token budget (docs/m
   16 below 20M, 32 from 20M: the seed's 32 x 3584 at 20M), so each latent still sees enough tokens to be trained;
 - k (BatchTopK active latents per token): ``d_model / 36`` within [8, 128] (100 at d = 3584, as in the seed set-up);
 - steps: two passes over the budget at the configured batch size, at least 200;
+- schedule: learning-rate warmup over a tenth of the steps and the BatchTopK inference threshold from half of them
+  (each at most the seed set-up's 1000 steps), a latent dead after half the budget's tokens without firing (at most
+  10M): the defaults (1000, 1000, 10M) are the seed set-up's at 20M tokens, and below ~1M tokens a run ends before
+  its warmup does (at 500k tokens: 488 steps, the learning rate never above half its value, training EV 0.50
+  instead of 0.75 on the natural pair) and no latent can count as dead;
+- context length: 1024 tokens, or the model's ``max_position_embeddings`` when that is smaller;
+- chat template: on when the tokenizer has one, unless the suite's packaged items already carry it (the organism
+  suites ``diff_demo`` and ``diff_natural`` store prompts as chat transcripts): lm-eval would wrap them twice;
 - dtype: the checkpoint's ``torch_dtype`` (float32 if it names none); device: ``cuda`` when this machine sees a GPU.
 
 Nothing is downloaded beyond what reading the two configs and tokenizers needs (hub ids use the hub cache).
@@ -18,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lm_diff.bench.suites import bench_task_manager, task_categories
+from lm_diff.bench.task_data import chat_marker, chat_rendered_tasks
 from lm_diff.categorize.taxonomy import get_taxonomy
 from lm_diff.config import from_dict, resolve_config_path
 from lm_diff.errors import UserError
@@ -27,6 +36,7 @@ from lm_diff.models import _config_layers, _model_config, check_pair_early, mode
 DEFAULT_SUITE = ("diff_leaderboard",)
 DEFAULT_TOKENS = 20_000_000
 BATCH_SIZE = 2048
+CONTEXT_LENGTH = 1024
 
 __all__ = ["DEFAULT_SUITE", "sizes", "render_config", "init_config"]
 
@@ -34,9 +44,11 @@ __all__ = ["DEFAULT_SUITE", "sizes", "render_config", "init_config"]
 def sizes(d_model: int, n_layers: int, tokens: int) -> dict[str, int]:
     """The crosscoder and layer sizes of the module docstring for a model of width ``d_model``."""
     expansion = 4 if tokens < 1_000_000 else 8 if tokens < 5_000_000 else 16 if tokens < 20_000_000 else 32
+    steps = max(200, 2 * tokens // BATCH_SIZE)
     return {"layer": n_layers // 2, "expansion": expansion, "dict_size": expansion * d_model,
-            "k": int(min(128, max(8, round(d_model / 36)))),
-            "steps": max(200, 2 * tokens // BATCH_SIZE), "batch_size": BATCH_SIZE}
+            "k": int(min(128, max(8, round(d_model / 36)))), "steps": steps, "batch_size": BATCH_SIZE,
+            "warmup_steps": min(1000, steps // 10), "threshold_start_step": min(1000, steps // 2),
+            "dead_tokens": min(10_000_000, max(BATCH_SIZE, tokens // 2))}
 
 
 def _dtype(conf: Any) -> str:
@@ -58,9 +70,22 @@ def _yaml_str(s: str) -> str:
 
 
 def render_config(*, base: str, finetuned: str, d_model: int, n_layers: int, dtype: str, device: str, chat: bool,
-                  suite: Sequence[str], categories: dict[str, str], uncategorised: Sequence[str], tokens: int) -> str:
-    """The commented YAML text (pure: every value passed in)."""
+                  suite: Sequence[str], categories: dict[str, str], uncategorised: Sequence[str], tokens: int,
+                  max_positions: Optional[int] = None, chat_rendered: Sequence[str] = (),
+                  marker: Optional[str] = None) -> str:
+    """The commented YAML text (pure: every value passed in). ``chat_rendered``: the suite's tasks whose items
+    already carry the chat template (``marker``), which turn ``apply_chat_template`` off."""
     s = sizes(d_model, n_layers, tokens)
+    context = CONTEXT_LENGTH if not max_positions or max_positions >= CONTEXT_LENGTH else int(max_positions)
+    context_note = ("" if context == CONTEXT_LENGTH
+                    else f"   # the model's max_position_embeddings ({context}): longer documents are split")
+    if chat and chat_rendered:
+        named = ", ".join(list(chat_rendered)[:2]) + (" ..." if len(chat_rendered) > 2 else "")
+        chat_line = (f"apply_chat_template: false   # the suite's items already carry the chat template ({marker!r} in "
+                     f"{named}): lm-eval would wrap them in a second one")
+    else:
+        chat_line = (f"apply_chat_template: {'true' if chat else 'false'}   # "
+                     f"{'the tokenizer has a chat template' if chat else 'the tokenizer has no chat template'}")
     by_cat: dict[str, list[str]] = {}
     for t, c in sorted(categories.items()):
         by_cat.setdefault(c, []).append(t)
@@ -89,7 +114,7 @@ capture:
     - {{path: HuggingFaceFW/fineweb, format: hf, weight: 1.0, max_docs: 200000}}
     - {{path: lmsys/lmsys-chat-1m, format: hf, text_field: conversation, weight: 1.0, chat: true, max_docs: 200000}}
   benchmark_prompts: true   # the scored items are captured too, rendered exactly as lm-eval scores them
-  context_length: 1024
+  context_length: {context}{context_note}
   max_tokens: {tokens}     # the token budget the sizes below follow
 crosscoder:
   architecture: batchtopk
@@ -97,9 +122,12 @@ crosscoder:
   k: {s['k']}                 # about d_model / 36 active latents per token
   batch_size: {s['batch_size']}
   steps: {s['steps']}           # two passes over the budget
+  warmup_steps: {s['warmup_steps']}        # a tenth of the steps, at most 1000
+  threshold_start_step: {s['threshold_start_step']}   # BatchTopK inference threshold tracked from half the steps, at most 1000
+  dead_tokens: {s['dead_tokens']}   # a latent is dead after half the budget's tokens without firing, at most 10M
 benchmarks:
   tasks: [{', '.join(suite)}]
-  apply_chat_template: {'true' if chat else 'false'}   # {'the tokenizer has a chat template' if chat else 'the tokenizer has no chat template'}
+  {chat_line}
   # Categories of the suite's tasks (from the task groups' metadata.category):
 {cat_lines.rstrip() or '#   (none)'}
 {unc.rstrip()}
@@ -138,8 +166,12 @@ def init_config(base: str, finetuned: str, *, suite: Optional[Sequence[str]] = N
         raise UserError(f"--suite: unknown lm-eval task(s) {', '.join(unknown)} (list them with `lm-eval ls tasks`)")
     cats = task_categories(suite, tm, taxonomy=get_taxonomy(cfg))
     uncategorised = [t for t in suite if t not in cats and tm.task_index[t].kind.name != "GROUP"]
+    marker = chat_marker(tokenizer)
+    positions = getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", None)
     text = render_config(base=str(base), finetuned=str(finetuned), d_model=int(d_model), n_layers=int(n_layers),
                          dtype=_dtype(conf), device=_device(), chat=bool(getattr(tokenizer, "chat_template", None)),
-                         suite=suite, categories=cats, uncategorised=uncategorised, tokens=int(tokens))
+                         suite=suite, categories=cats, uncategorised=uncategorised, tokens=int(tokens),
+                         max_positions=int(positions) if isinstance(positions, int) else None,
+                         chat_rendered=chat_rendered_tasks(suite, marker), marker=marker)
     write_text(out, text)
     return out

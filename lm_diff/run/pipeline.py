@@ -21,6 +21,7 @@ from lm_diff import console
 from lm_diff.bench.evaluate import reused_runs, run_configured
 from lm_diff.bench.render import format_of, strip_bos
 from lm_diff.bench.suites import bench_task_manager, task_categories, task_prompts
+from lm_diff.bench.task_data import chat_marker, chat_rendered_tasks
 from lm_diff.capture.activations import capture
 from lm_diff.capture.corpus import read_corpus
 from lm_diff.capture.store import ActivationStore
@@ -257,6 +258,23 @@ def train_stages(cfg: RunConfig, stages: Stages, capture_dir: Path, layer: int,
 # The whole run
 
 
+def warn_chat_rendered(cfg: RunConfig, tokenizer: Any) -> list[str]:
+    """With ``benchmarks.apply_chat_template`` on, warn about (and return) the suite's tasks whose packaged items
+    already carry the chat template: lm-eval wraps each of their prompts in a second template, and both models are
+    scored, and their prompts captured, on text neither was made for."""
+    b = cfg.benchmarks
+    if not b.apply_chat_template or b.reuse:
+        return []
+    marker = chat_marker(tokenizer)
+    tasks = chat_rendered_tasks(b.tasks, marker, [cfg.resolve_path(p) for p in b.include_path])
+    if tasks:
+        named = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        console.err().print(f"warning: benchmarks.apply_chat_template is true but the items of {named} already carry the "
+                            f"chat template ({marker!r}): lm-eval wraps them in a second one; set "
+                            "benchmarks.apply_chat_template: false for these tasks")
+    return tasks
+
+
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """Run every stage for ``cfg`` into ``out`` and write the report; returns the report dict."""
     out = Path(out)
@@ -273,6 +291,7 @@ def _run(cfg: RunConfig, out: Path, force: bool) -> dict:
     stages = Stages(out, force=force)
     pair = model_pair(cfg)
     loaded: dict = {"tokenizer": check_pair_early(cfg, pair)}  # the pair is checked before any benchmark runs
+    warn_chat_rendered(cfg, loaded["tokenizer"])
     evals = eval_stage(cfg, pair, stages)
     capture_dir, layers = capture_stage(cfg, pair, stages, loaded)
     layer = layers[0]

@@ -266,7 +266,10 @@ def warn_chat_rendered(cfg: RunConfig, tokenizer: Any) -> list[str]:
     if not b.apply_chat_template or b.reuse:
         return []
     marker = chat_marker(tokenizer)
-    tasks = chat_rendered_tasks(b.tasks, marker, [cfg.resolve_path(p) for p in b.include_path])
+    try:
+        tasks = chat_rendered_tasks(b.tasks, marker, [cfg.resolve_path(p) for p in b.include_path])
+    except UserError:  # an unreadable task file is lm-eval's to report, when it loads the task; a warning never stops a run
+        return []
     if tasks:
         named = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
         console.err().print(f"warning: benchmarks.apply_chat_template is true but the items of {named} already carry the "

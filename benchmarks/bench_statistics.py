@@ -31,6 +31,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lm_diff.categorize.change import live_shared  # noqa: E402
 from lm_diff.categorize.shift import pooled_category_shift  # noqa: E402
 from lm_diff.categorize.taxonomy import get_taxonomy  # noqa: E402
 from lm_diff.config import StatsConfig  # noqa: E402
@@ -91,7 +92,7 @@ def main(argv=None) -> dict:
         pick = lambda d: sorted(int(j) for j in sc[(sc["direction"] == d) & sc["specific"].astype(bool)  # noqa: E731
                                                    & (sc["role"] != "baseline")]["latent"].unique())
         lt = pd.read_parquet(diff / "latent_table.parquet")
-        shared = sorted(int(j) for j in lt[(lt["freq"] > 0) & (lt["delta_norm"] > 0.1) & (lt["delta_norm"] < 0.9)]["latent"])
+        shared = live_shared(lt)
         sets.append((pd.read_parquet(g / "grounding.parquet"), pick("B"), pick("A"), cid, shared))
     result: dict = {"run": str(args.run), "seeds": [s for s, *_ in items], "statistics": {}}
     modes = [m for m in args.modes.split(",") if m]

@@ -33,23 +33,30 @@ NATURAL_PROBES = "diff_natural_probes"
 __all__ = ["probe_docs", "write_probes", "natural_probe_docs", "write_natural_probes", "NATURAL_PROBES"]
 
 
+def _distinct_docs(category: str, draw, order: tuple[str, str], n: int) -> list[dict]:
+    """Up to ``n`` distinct documents of ``category`` from ``draw()`` items (the first variant in ``order`` that has a
+    document), within 50·n draws."""
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for _ in range(50 * n):
+        item = draw()
+        text = next((d for d in map(item.doc, order) if d), None)
+        if text and text not in seen:
+            seen.add(text)
+            rows.append({"id": f"{category}-{len(rows):03d}", "text": text[:MAX_CHARS], "category": category})
+        if len(rows) == n:
+            break
+    return rows
+
+
 def probe_docs(n_per_category: int = N_PROBE, seed: int = PROBE_SEED) -> dict[str, list[dict]]:
     """``{category: [{"id", "text", "category"}]}``: ``n_per_category`` distinct test-split documents per category."""
     out: dict[str, list[dict]] = {}
     for category in G.GENERATORS:
         rng = random.Random(f"probe:{seed}:{category}")
         order = ("base", "ft") if category == "code" else ("ft", "base")
-        rows: list[dict] = []
-        seen: set[str] = set()
-        for _ in range(50 * n_per_category):
-            item = G.draw(category, rng, "test", grounding_filter(category))
-            text = next((d for d in map(item.doc, order) if d), None)
-            if text and text not in seen:
-                seen.add(text)
-                rows.append({"id": f"{category}-{len(rows):03d}", "text": text[:MAX_CHARS], "category": category})
-            if len(rows) == n_per_category:
-                break
-        out[category] = rows
+        out[category] = _distinct_docs(category, lambda: G.draw(category, rng, "test", grounding_filter(category)),
+                                       order, n_per_category)
     return out
 
 
@@ -71,16 +78,8 @@ def natural_probe_docs(n_per_category: int = N_PROBE, seed: int = PROBE_SEED) ->
     for category in NG.GENERATORS:
         rng = random.Random(f"natural-probe:{seed}:{category}")
         order = ("base", "ft") if NG.PLANTED[category] < 0 else ("ft", "base")
-        rows: list[dict] = []
-        seen: set[str] = set()
-        for _ in range(50 * n_per_category):
-            item = NG.draw(category, rng, "test", wheres.get(category))
-            text = next((d for d in map(item.doc, order) if d), None)
-            if text and text not in seen:
-                seen.add(text)
-                rows.append({"id": f"{category}-{len(rows):03d}", "text": text[:MAX_CHARS], "category": category})
-            if len(rows) == n_per_category:
-                break
+        rows = _distinct_docs(category, lambda: NG.draw(category, rng, "test", wheres.get(category)), order,
+                              n_per_category)
         if len(rows) < n_per_category:
             raise RuntimeError(f"only {len(rows)} distinct natural probe documents for {category}")
         out[category] = rows

@@ -3,22 +3,27 @@
 For each organism family (a config under configs/, e.g. ``demo`` and ``natural``) the full pipeline runs ``--reruns``
 times with crosscoder seed sets [0, 1, 2], [3, 4, 5], ... (``--seeds-per-run``) into one folder per family (benchmarks and the capture are
 cached, every rerun trains its own crosscoders), and ``--null-reruns`` times on the family's null pair (the fine-tune
-replaced by ``null``, a fine-tune on the base mix). From each report.json it reads, per category, the headline q,
-share ratio and interval, and checks the targets:
+replaced by ``null``, a fine-tune on the base mix). From each report.json it reads, per category, the headline (the
+category change test, ``categories[].latent_change``, docs/method.md#category-change: are the model-specific latents
+of A and B enriched in the category against the shared ones? It has no A/B sign, so a planted gain and a planted loss
+are both found as an enrichment) and the seed paper's direction statistic (the S-vs-T share ratio,
+``latent_shift``), and checks the targets on the headline:
 
-- every planted category: right sign, interval excluding no change and q ≤ 0.01 in ≥ 4 of 5 reruns (≥ 80 %);
+- every planted category: enriched (ratio > 0), interval excluding no change and q ≤ 0.01 in ≥ 4 of 5 reruns;
 - no unplanted category with q < 0.05 or an interval excluding no change in any rerun;
 - null pairs: no category significant (q < 0.05 or an interval excluding no change) in any rerun;
-- identity control: 0 specific latents; the first (cold) full run ≤ 300 s on this machine.
+- identity control: 0 specific latents; the first (cold) full run ≤ 300 s on this machine (measured only when the
+  family's folder starts empty; a reused folder reports the rerun's time and says so).
 
-Informational, in no target: the category change test (``categories[].latent_change``, docs/method.md#category-change:
-which categories the fine-tune changed, either way): its q per rerun, ``change_hits`` (reruns with change q ≤ 0.01 and
-a positive ratio) and, on the null pair, ``null_change_positives`` (categories with change q < 0.05).
+Informational, in no target: the direction statistic's q and ratio per rerun, ``direction_hits`` (reruns whose share
+ratio has the planted sign at q ≤ 0.01 with an interval excluding no change) and, on the null pairs, the categories
+whose direction q < 0.05.
 
 Prints a table per family and, on its last line, one JSON object with every figure and ``ok`` (true only when every
 target holds). ``--set KEY=VALUE`` is passed to every run (to evaluate another configuration on both families).
 
     python benchmarks/bench_recovery.py [--families demo,natural] [--reruns 5] [--null-reruns 3] [--out runs/recovery]
+                                        [--cold-run]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,15 +44,14 @@ PLANTED_Q = 0.01
 UNPLANTED_Q = 0.05
 HIT_SHARE = 0.8
 FULL_RUN_MAX_S = 300.0
-CHANGE_Q = 0.01  # informational: a change "hit" (docs/method.md#category-change), no target
 
 
 def _num(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def excludes_zero(ls: dict) -> bool:
-    lo, hi = _num(ls.get("ci_low")), _num(ls.get("ci_high"))
+def excludes_zero(ls: dict, lo_key: str = "ci_low", hi_key: str = "ci_high") -> bool:
+    lo, hi = _num(ls.get(lo_key)), _num(ls.get(hi_key))
     return (lo is not None and lo > 0) or (hi is not None and hi < 0)
 
 
@@ -58,14 +63,18 @@ def read_run(report_path: Path) -> dict:
         ls = c.get("latent_shift") or {}
         if c["name"] == "unassigned" or not ls:
             continue
-        lc = c.get("latent_change") or {}  # absent in reports written before the change test
-        cats[c["name"]] = {"q": _num(ls.get("q_value")), "ratio": _num(ls.get("share_ratio")),
-                           "ci_low": _num(ls.get("ci_low")), "ci_high": _num(ls.get("ci_high")),
-                           "n_S": _num(ls.get("n_S")), "n_T": _num(ls.get("n_T")),
-                           "insufficient": bool(ls.get("insufficient")), "excludes_zero": excludes_zero(ls),
-                           "mds_up": _num(ls.get("mds_up")), "mds_down": _num(ls.get("mds_down")),
-                           "planted_sign": c.get("planted_sign"), "change_q": _num(lc.get("q")),
-                           "change_ratio": _num(lc.get("ratio"))}
+        lc = c.get("latent_change") or {}
+        if not lc:
+            raise SystemExit(f"{report_path}: no latent_change (written before the change test); rerun the pipeline")
+        cats[c["name"]] = {"q": _num(lc.get("q")), "ratio": _num(lc.get("ratio")),
+                           "ci_low": _num(lc.get("ci_low")), "ci_high": _num(lc.get("ci_high")),
+                           "n_specific": _num(lc.get("n_specific")), "n_shared": _num(lc.get("n_shared")),
+                           "insufficient": bool(lc.get("insufficient")), "excludes_zero": excludes_zero(lc),
+                           "mds": _num(lc.get("mds")), "planted_sign": c.get("planted_sign"),
+                           # the seed paper's direction statistic, informational
+                           "dir_q": _num(ls.get("q_value")), "dir_ratio": _num(ls.get("share_ratio")),
+                           "dir_excludes_zero": excludes_zero(ls), "n_S": _num(ls.get("n_S")),
+                           "n_T": _num(ls.get("n_T"))}
     ident = (r.get("controls") or {}).get("identity") or {}
     n_ident = sum(int(ident.get(k) or 0) for k in ("n_b_specific", "n_a_specific"))
     timings = (r.get("run") or {}).get("timings") or {}
@@ -105,15 +114,17 @@ def evaluate(family: str, runs: list[dict], nulls: list[dict]) -> dict:
         entry = {"planted_sign": sign, "q": qs, "ratio": ratios,
                  "ci": [[x.get("ci_low"), x.get("ci_high")] for x in rows],
                  "q_spread": _spread(qs), "ratio_spread": _spread(ratios),
-                 "mds_up": _spread([x.get("mds_up") for x in rows]),
-                 "mds_down": _spread([x.get("mds_down") for x in rows]),
-                 # informational (no target): which categories changed, either way
-                 "change_q": [x.get("change_q") for x in rows], "change_ratio": [x.get("change_ratio") for x in rows],
-                 "change_hits": sum(_change_hit(x) for x in rows)}
+                 "mds": _spread([x.get("mds") for x in rows]),
+                 "n_specific": [x.get("n_specific") for x in rows],
+                 # informational (no target): the seed paper's direction statistic (S vs T share ratio)
+                 "direction_q": [x.get("dir_q") for x in rows], "direction_ratio": [x.get("dir_ratio") for x in rows],
+                 "direction_q_spread": _spread([x.get("dir_q") for x in rows]),
+                 "direction_ratio_spread": _spread([x.get("dir_ratio") for x in rows])}
         if sign:
             hits = [bool(x.get("q") is not None and x["q"] <= PLANTED_Q and x.get("excludes_zero")
-                         and x.get("ratio") is not None and math.copysign(1, x["ratio"]) == sign) for x in rows]
+                         and x.get("ratio") is not None and x["ratio"] > 0) for x in rows]
             entry["hits"] = sum(hits)
+            entry["direction_hits"] = sum(_direction_hit(x, sign) for x in rows)
             if sum(hits) < math.ceil(HIT_SHARE * len(rows)):
                 out["failures"].append(f"{family}: planted {c} ({'+' if sign > 0 else '-'}) found in {sum(hits)} of "
                                        f"{len(rows)} reruns (target >= {math.ceil(HIT_SHARE * len(rows))})")
@@ -131,26 +142,31 @@ def evaluate(family: str, runs: list[dict], nulls: list[dict]) -> dict:
         if bad:
             null_false[i] = bad
     out["null_false_positives"] = null_false
-    out["null_change_positives"] = {i: bad for i, r in enumerate(nulls)  # informational, no target
-                                    if (bad := [c for c, x in r["categories"].items()
-                                                if x.get("change_q") is not None and x["change_q"] < UNPLANTED_Q])}
+    out["null_direction_positives"] = {i: bad for i, r in enumerate(nulls)  # informational, no target
+                                       if (bad := [c for c, x in r["categories"].items()
+                                                   if x.get("dir_q") is not None and x["dir_q"] < UNPLANTED_Q])}
     if null_false:
         out["failures"].append(f"{family}: null pair significant: {null_false}")
     ident = [r["identity_specific"] for r in runs + nulls]
     out["identity_specific"] = ident
     if any(ident):
         out["failures"].append(f"{family}: identity control found specific latents {ident}")
-    out["full_run_s"] = runs[0].get("wall_s") if runs else None  # cold only when the family's folder was empty
+    out["full_run_s"] = runs[0].get("wall_s") if runs else None
+    out["full_run_cold"] = bool(runs and runs[0].get("cold"))
     out["rerun_wall_s"] = [r.get("wall_s") for r in runs]
     out["null_wall_s"] = [r.get("wall_s") for r in nulls]
-    if out["full_run_s"] is not None and out["full_run_s"] > FULL_RUN_MAX_S:
+    if not out["full_run_cold"]:
+        out["failures"].append(f"{family}: the full-run time was not measured (the family's folder was reused; "
+                               "run into an empty --out)")
+    elif out["full_run_s"] is not None and out["full_run_s"] > FULL_RUN_MAX_S:
         out["failures"].append(f"{family}: full run {out['full_run_s']:.0f} s > {FULL_RUN_MAX_S:.0f} s")
     return out
 
 
-def _change_hit(x: dict) -> bool:
-    q, r = x.get("change_q"), x.get("change_ratio")
-    return q is not None and q <= CHANGE_Q and r is not None and r > 0
+def _direction_hit(x: dict, sign: int) -> bool:
+    q, r = x.get("dir_q"), x.get("dir_ratio")
+    return bool(q is not None and q <= PLANTED_Q and x.get("dir_excludes_zero") and r is not None
+                and math.copysign(1, r) == sign)
 
 
 def _spread(xs):
@@ -169,22 +185,24 @@ def _fmt(x, pct=False):
 
 
 def print_table(res: dict) -> None:
+    cold = "cold" if res.get("full_run_cold") else "folder reused, not a cold time"
     print(f"\n{res['family']}: {res['reruns']} reruns, {res['null_reruns']} null reruns; "
-          f"first full run {res['full_run_s'] or float('nan'):.0f} s")
-    print(f"{'category':22s} {'planted':>7s}  {'q per rerun':40s} {'ratio per rerun':40s} verdict"
-          f"{'':14s} {'changed q per rerun (info)'}")
+          f"first full run {res['full_run_s'] or float('nan'):.0f} s ({cold})")
+    print(f"{'category':22s} {'planted':>7s}  {'changed: q per rerun':36s} {'enrichment per rerun':36s} "
+          f"{'verdict':16s} direction (info): share ratio per rerun, hits")
     for c, e in res["categories"].items():
         qs = " ".join(_fmt(q) for q in e["q"])
         rs = " ".join(_fmt(r, pct=True) for r in e["ratio"])
         sign = {1: "+", -1: "−", 0: "0"}.get(e["planted_sign"], "?")
         verdict = (f"{e['hits']}/{res['reruns']} found" if e["planted_sign"] else
                    ("clean" if not e["false_positive_reruns"] else f"false + in {e['false_positive_reruns']}"))
-        cq = " ".join(_fmt(q) for q in e.get("change_q") or [])
-        print(f"{c:22s} {sign:>7s}  {qs:40s} {rs:40s} {verdict:21s} {cq} ({e.get('change_hits', 0)} at q ≤ {CHANGE_Q})")
+        dr = " ".join(_fmt(r, pct=True) for r in e.get("direction_ratio") or [])
+        dh = f" ({e['direction_hits']}/{res['reruns']} right sign at q ≤ {PLANTED_Q})" if e["planted_sign"] else ""
+        print(f"{c:22s} {sign:>7s}  {qs:36s} {rs:36s} {verdict:16s} {dr}{dh}")
     print(f"null pair: {'clean' if not res['null_false_positives'] else res['null_false_positives']}; "
           f"identity control specific latents per run: {res['identity_specific']}")
-    print(f"null pair, changed either way at q < {UNPLANTED_Q} (informational): "
-          f"{res.get('null_change_positives') or 'none'}")
+    print(f"null pair, direction statistic at q < {UNPLANTED_Q} (informational): "
+          f"{res.get('null_direction_positives') or 'none'}")
 
 
 def main(argv=None) -> dict:
@@ -195,6 +213,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "runs" / "recovery"))
     ap.add_argument("--seeds-per-run", type=int, default=3, help="crosscoder seeds pooled in one run")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every run")
+    ap.add_argument("--cold-run", action="store_true",
+                    help="first time one full run (seeds 0-2) from an empty folder (OUT/FAMILY-cold, removed first): "
+                         "the time target when the reruns reuse a folder that already holds stages")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -207,8 +228,18 @@ def main(argv=None) -> dict:
         if not Path(config).exists():
             raise SystemExit(f"{config}: no such config (families are configs under configs/)")
         runs, nulls = [], []
+        cold_s = None
+        if args.cold_run:
+            cold_dir = out_root / f"{family}-cold"
+            shutil.rmtree(cold_dir, ignore_errors=True)
+            cold_s, rc = run_pipeline(config, cold_dir, args.set + [f"controls.seeds={list(range(args.seeds_per_run))}"],
+                                      log)
+            if rc != 0:
+                raise SystemExit(f"{family} cold run failed (exit {rc}); see {log}")
+            print(f"{family} cold run from an empty folder: {cold_s:.0f} s", flush=True)
         for kind, n, extra in (("run", args.reruns, []), ("null", args.null_reruns, [f"models.finetuned={null_spec(config)}"])):
             folder = out_root / (family if kind == "run" else f"{family}-null")
+            cold = not (folder / "stages").exists()
             for r in range(n):
                 k = args.seeds_per_run
                 seeds = list(range(k * r, k * r + k))
@@ -219,6 +250,9 @@ def main(argv=None) -> dict:
                 kept.write_bytes((folder / "report.json").read_bytes())
                 got = read_run(kept)
                 got["wall_s"] = wall
+                got["cold"] = cold and r == 0
+                if kind == "run" and r == 0 and cold_s is not None:
+                    got["wall_s"], got["cold"] = cold_s, True
                 (runs if kind == "run" else nulls).append(got)
                 print(f"{family} {kind} {r} seeds {seeds}: {wall:.0f} s", flush=True)
         res = evaluate(family, runs, nulls)

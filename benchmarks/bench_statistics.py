@@ -7,7 +7,7 @@ permutation test (``categorize.shift.pooled_category_shift``) with three ways of
 - ``soft``: every latent weighted by its evidence, π_c ∝ max(0, 2·AUROC_rest − 1) where AUROC vs neutral ≥ 0.5;
 - ``top1``: the single best category with AUROC vs neutral and vs the rest both > 0.6;
 
-``enrich`` asks another question, with the same test: is category c over-represented among the model-specific latents
+``enrich`` asks another question, with the same test made one-sided as ``categorize.change`` does: is category c over-represented among the model-specific latents
 (S ∪ T, both directions) against the live shared latents (0.1 < Δ < 0.9)? It has no sign (a fine-tune that learns a
 broken format gains B-specific latents on that format's prompts), so it says which categories the fine-tune changed,
 not which way;
@@ -77,6 +77,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--permutations", type=int, default=4000)
     ap.add_argument("--seeds", default=None, help="comma-separated crosscoder seeds to pool (default: every seed found)")
     ap.add_argument("--modes", default="hard,soft,top1", help="labellings to test")
+    ap.add_argument("--stable-only", action="store_true",
+                    help="count a specific latent only when both latent-scaling ratios are stable (diff.drop_unstable)")
     args = ap.parse_args(argv)
     items = seed_stages(args.run)
     if args.seeds:
@@ -90,7 +92,8 @@ def main(argv=None) -> dict:
     for (_, diff, g, _), cid in zip(items, ids):
         sc = pd.read_parquet(diff / "scaling.parquet")
         pick = lambda d: sorted(int(j) for j in sc[(sc["direction"] == d) & sc["specific"].astype(bool)  # noqa: E731
-                                                   & (sc["role"] != "baseline")]["latent"].unique())
+                                                   & (sc["role"] != "baseline")
+                                                   & (sc["stable"].astype(bool) | (not args.stable_only))]["latent"].unique())
         lt = pd.read_parquet(diff / "latent_table.parquet")
         shared = live_shared(lt)
         sets.append((pd.read_parquet(g / "grounding.parquet"), pick("B"), pick("A"), cid, shared))
@@ -103,7 +106,8 @@ def main(argv=None) -> dict:
         else:
             per_seed = [(labels(g, S, mode), labels(g, T, mode)) for g, S, T, _, _ in sets]
             clusters = [(cid[S], cid[T]) for _, S, T, cid, _ in sets]
-        df = pooled_category_shift(per_seed, clusters, tax, StatsConfig(permutations=args.permutations))
+        df = pooled_category_shift(per_seed, clusters, tax, StatsConfig(permutations=args.permutations),
+                                   alternative="greater" if mode == "enrich" else "two-sided")
         result["statistics"][mode] = {r["category"]: {"share_ratio": r["share_ratio"], "p": r["p"], "q": r["q"],
                                                       "n_S": r["n_S"], "n_T": r["n_T"]}
                                       for r in df.to_dict("records")}

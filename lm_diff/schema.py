@@ -40,7 +40,11 @@ CHANGE_Q = "change_q"
 N_SPECIFIC = "n_specific"
 N_SHARED = "n_shared"
 CHANGE_INSUFFICIENT = "change_insufficient"
-CHANGE_COLUMNS = (CHANGE_RATIO, CHANGE_P, CHANGE_Q, N_SPECIFIC, N_SHARED, CHANGE_INSUFFICIENT)
+CHANGE_CI_LOW = "change_ci_low"
+CHANGE_CI_HIGH = "change_ci_high"
+CHANGE_MDS = "change_mds"
+CHANGE_COLUMNS = (CHANGE_RATIO, CHANGE_CI_LOW, CHANGE_CI_HIGH, CHANGE_P, CHANGE_Q, CHANGE_MDS, N_SPECIFIC, N_SHARED,
+                  CHANGE_INSUFFICIENT)
 
 
 @dataclasses.dataclass(frozen=True)

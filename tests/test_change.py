@@ -89,17 +89,20 @@ def _seeds(rng, K, n_seeds, p_specific, rates_spec, rates_shared, found=0.7):
 
 def test_null_rejects_at_most_the_nominal_rate():
     """Same category rates in the specific and the shared features, three seeds finding 70 % of them: the one-sided
-    test rejects each category at about 5 % (features matched across seeds count once)."""
+    test rejects each category at about 5 % (features matched across seeds count once), and its one-sided interval
+    lies above no change no more often (it is at the FCR level, so less often)."""
     rng = np.random.default_rng(0)
     rates = {"math": 0.15, "structured_output": 0.1, "hallucination": 0.1}
-    cfg = StatsConfig(permutations=300)
-    rej = n = 0
+    cfg = StatsConfig(permutations=300, bootstrap=200)
+    rej = above = n = 0
     for _ in range(250):  # 750 tests: the binomial SD of the rate at 5 % is 0.8 %
         cats, per_seed, clusters = _seeds(rng, 150, 3, 0.3, rates, rates)
         df = category_change(per_seed, clusters, cats, cfg).set_index("category")
         rej += int((df.loc[cats, "change_p"] < 0.05).sum())
+        above += int((df.loc[cats, "change_ci_low"] > 0).sum())
         n += len(cats)
     assert 0.03 <= rej / n <= 0.07
+    assert above / n <= 0.07
 
 
 def test_planted_enrichment_found_and_depleted_category_near_one():
@@ -108,6 +111,10 @@ def test_planted_enrichment_found_and_depleted_category_near_one():
                                       {"math": 0.08, "structured_output": 0.1, "hallucination": 0.2})
     df = category_change(per_seed, clusters, cats, StatsConfig(permutations=2000)).set_index("category")
     assert df.at["math", "change_q"] <= 0.01 and df.at["math", "change_ratio"] > 1.0
+    # a one-sided interval above no change, below the estimate; the detectable enrichment is smaller than the found one
+    assert 0 < df.at["math", "change_ci_low"] < df.at["math", "change_ratio"]
+    assert np.isinf(df["change_ci_high"]).all()
+    assert 0 < df.at["math", "change_mds"] < df.at["math", "change_ratio"]
     assert df.at["hallucination", "change_ratio"] < -0.5 and df.at["hallucination", "change_p"] > 0.95
     assert df.at["structured_output", "change_q"] > 0.05
 

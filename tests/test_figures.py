@@ -241,9 +241,11 @@ def test_recovery_table_has_one_block_per_family_log(tmp_path):
     def family(name, hits, ok):
         cat = {"planted_sign": 1, "q": [0.004, 0.02], "ratio": [1.5, 0.9], "hits": hits,
                "q_spread": {"min": 0.004, "median": 0.012, "max": 0.02},
-               "ratio_spread": {"min": 0.9, "median": 1.2, "max": 1.5}, "mds_up": None}
+               "ratio_spread": {"min": 0.9, "median": 1.2, "max": 1.5}, "mds": None, "direction_hits": 1,
+               "direction_ratio_spread": {"min": -0.5, "median": -0.2, "max": 0.1}}
         fam = {"family": name, "reruns": 2, "null_reruns": 1, "categories": {"math": cat},
-               "null_false_positives": {}, "identity_specific": [0, 0, 0], "full_run_s": 190.0}
+               "null_false_positives": {}, "identity_specific": [0, 0, 0], "full_run_s": 190.0,
+               "full_run_cold": name == "natural"}
         return {"families": [fam], "settings": [], "ok": ok,
                 "failures": [] if ok else [f"{name}: planted math (+) found in {hits} of 2 reruns (target >= 2)"]}
 
@@ -255,4 +257,7 @@ def test_recovery_table_has_one_block_per_family_log(tmp_path):
     assert text.index("**demo**") < text.index("**natural**")
     assert "`recovery.log`, the default configuration; targets missed: demo: planted math (+) found in 1 of 2" in text
     assert "`recovery_natural.log`, the default configuration; every target met" in text
-    assert "| math | gain | found in 2 of 2 | 0.012 [0.004, 0.020] | +120 % [+90 %, +150 %] | – |" in text
+    assert ("| math | gain | found in 2 of 2 | 0.012 [0.004, 0.020] | +120 % [+90 %, +150 %] | – | right sign in 1 of 2 "
+            "| -20 % [-50 %, +10 %] |") in text
+    assert "first full run 3.2 min (cold)" in text
+    assert "(its folder was reused: not a cold time)" in only_demo

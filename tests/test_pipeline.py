@@ -96,7 +96,10 @@ def test_report_files_and_schema(tiny_run):
     for c in data["categories"]:
         assert {"name", "latent_shift", "score_gap", "agreement"} <= set(c)
         assert {"share_ratio", "count_ratio", "ci_low", "ci_high", "q_value"} <= set(c["latent_shift"])
-        assert set(c["latent_change"]) == {"ratio", "p", "q", "n_specific", "n_shared", "insufficient"}, c["name"]
+        assert set(c["latent_change"]) == {"ratio", "ci_low", "ci_high", "p", "q", "mds", "n_specific", "n_shared",
+                                           "insufficient"}, c["name"]
+        lc = c["latent_change"]  # one-sided, like its test: a lower end, no upper
+        assert lc["ci_high"] is None and (lc["ci_low"] is None or lc["ci_low"] <= (lc["ratio"] or 0) + 1e-9)
         if c["name"] in set(data["run"]["task_categories"].values()):  # a category with a task has a score gap
             assert {"delta", "ci_low", "ci_high"} <= set(c["score_gap"] or {}), c["name"]
     html = (out / "report.html").read_text()

@@ -64,15 +64,23 @@ def test_schema_top_level(full):
     for k in ("share_ratio", "count_ratio", "ci_low", "ci_high", "q_value", "n_S", "n_T", "insufficient"):
         assert k in s["latent_shift"], k
     assert set(s["score_gap"]) >= {"delta", "ci_low", "ci_high"}
-    # the category change test beside the headline (docs/method.md#category-change)
-    assert s["latent_change"] == {"ratio": 4.67, "p": 0.0004, "q": 0.0014, "n_specific": 6, "n_shared": 10,
-                                  "insufficient": False}
+    # the category change test, the latent headline (docs/method.md#category-change); one-sided: no upper end
+    assert s["latent_change"] == {"ratio": 4.67, "ci_low": 2.1, "ci_high": None, "p": 0.0004, "q": 0.0014,
+                                  "mds": 1.2, "n_specific": 6, "n_shared": 10, "insufficient": False}
     assert cats["instruction_following"]["latent_change"]["insufficient"] is True
     changed = rep["summary"]["changed"]
-    assert "safety (+467 % q 0.0014)" in changed and "multilingual" in changed and "code" not in changed
+    assert "safety (+467 % [+210 %, unbounded] q 0.0014)" in changed and "code" not in changed
+    # q 0.008 but an interval reaching below no change: not called changed
+    assert "multilingual" not in changed
     assert "not in which direction" in changed
     md = (out / "report.md").read_text()
-    assert "| changed (either way) |" in md and "| +467 % q 0.0014 |" in md and "| insufficient |" in md
+    assert "| latents changed, either way [CI] q |" in md and "| +467 % [+210 %, unbounded] q 0.0014 |" in md
+    assert "| insufficient |" in md
+    # a category whose latents changed leads with it; one that did not says how large a change was detectable
+    finding = next(f for f in rep["summary"]["findings"] if f.startswith("B ") and "safety" in f)
+    assert "its latents changed (6 model-specific vs 10 shared latents" in finding and "direction:" in finding
+    code_f = next((f for f in rep["summary"]["findings"] if "code" in f.split(";")[0]), "")
+    assert not code_f or "this run detects an enrichment of +90 % or more" in code_f
     assert changed.split(":")[0] in md and changed.split(":")[0] in (out / "report.html").read_text()
     assert s["agreement"] is True and cats["code"]["agreement"] is True and cats["math"]["agreement"] is None
     assert s["exposure"]["S"] > cats["code"]["exposure"]["S"]
@@ -130,14 +138,17 @@ def test_quality_gates_fail_low_confidence():
 
 
 def test_organism_planted_and_recovered(diff_run):
-    (diff_run / "organism.json").write_text(json.dumps({"name": "demo", "planted": {"code": "-"}}))
-    try:
-        rep = build_from_runs(BASE, FT, diff_run, _cfg())
-    finally:
-        (diff_run / "organism.json").unlink()
-    cats = {c["name"]: c for c in rep["categories"]}
-    assert cats["code"]["planted"] is True and cats["safety"]["planted"] is False
-    assert rep["organism"]["top_category"] == "code" and rep["organism"]["recovered"] is True
+    """The top-ranked category is the headline's (the change test's smallest q among enriched categories), and it is
+    recovered when planted, whatever the planted direction."""
+    for planted, recovered in (({"safety": "-"}, True), ({"code": "-"}, False)):
+        (diff_run / "organism.json").write_text(json.dumps({"name": "demo", "planted": planted}))
+        try:
+            rep = build_from_runs(BASE, FT, diff_run, _cfg())
+        finally:
+            (diff_run / "organism.json").unlink()
+        cats = {c["name"]: c for c in rep["categories"]}
+        assert [n for n, c in cats.items() if c["planted"]] == list(planted)
+        assert rep["organism"]["top_category"] == "safety" and rep["organism"]["recovered"] is recovered
 
 
 def test_benchmarks_only_report(tmp_path):

@@ -41,17 +41,23 @@ def test_top_logits_match_brute_force_with_norm_weight():
     assert out[3]["neg"][0][1] == round(float(nv[1, 0]), 4)
 
 
-def _cat(name, delta, lo, hi, ratio, q, n_s, n_t, insufficient=False, frac=None):
+def _cat(name, delta, lo, hi, ratio, q, n_s, n_t, insufficient=False, frac=None, change=None):
     return {"name": name, "score_gap": {"delta": delta, "ci_low": lo, "ci_high": hi, "tasks": [f"t_{name}"]},
             "latent_shift": {"share_ratio": ratio, "ci_low": -0.5, "ci_high": None, "q_value": q, "n_S": n_s, "n_T": n_t,
                              "insufficient": insufficient},
-            "causal": {"fraction": frac} if frac is not None else None}
+            "latent_change": change, "causal": {"fraction": frac} if frac is not None else None}
+
+
+def _change(ratio, lo, q, mds, n_x=40, n_sh=300):
+    return {"ratio": ratio, "ci_low": lo, "ci_high": None, "q": q, "mds": mds, "n_specific": n_x, "n_shared": n_sh,
+            "insufficient": False}
 
 
 def test_summary_sentences_from_numbers():
     report = {"categories": [_cat("safety", 100.0, 100.0, 100.0, 1.43, 0.027, 42, 21, frac=0.88),
-                             _cat("code", -88.0, -94.0, -80.0, -0.64, 0.001, 31, 104),
-                             _cat("hallucination", 0.0, -1.0, 1.0, 0.2, 0.6, 8, 4),
+                             _cat("code", -88.0, -94.0, -80.0, -0.64, 0.001, 31, 104,
+                                  change=_change(2.0, 0.8, 0.001, 0.7)),
+                             _cat("hallucination", 0.0, -1.0, 1.0, 0.2, 0.6, 8, 4, change=_change(0.3, -0.2, 0.4, 1.1)),
                              _cat("math", 2.0, 0.0, 6.0, -1.0, 0.35, 0, 3, insufficient=True)],
               "ranking": ["code", "safety", "hallucination", "math"],
               "quality": {"available": True, "passed": True, "models": {"A": {"ev": 0.91}, "B": {"ev": 0.9}},
@@ -59,16 +65,26 @@ def test_summary_sentences_from_numbers():
               "controls": {"identity": {"passed": True, "n_b_specific": 0}},
               "overall": {"delta": 22.3, "ci_low": 21.3, "ci_high": 23.3, "n": 928}}
     s = build_summary(report)
-    assert s["findings"][0].startswith("B loses code (-88 pts [-94, -80] on t_code); 31 fine-tune-specific code latents vs 104")
-    assert s["findings"][1] == ("B gains safety (+100 pts on t_safety); 42 fine-tune-specific safety latents vs 21 "
-                                "base-specific, share ratio +143 % [-50 %, unbounded], q 0.027; ablating them closes 88 % of the gap.")
+    assert s["findings"][0].startswith(
+        "B loses code (-88 pts [-94, -80] on t_code); its latents changed (40 model-specific vs 300 shared latents, "
+        "enrichment +200 % [+80 %, unbounded] q 0.001); direction: 31 fine-tune-specific code latents vs 104")
+    assert s["findings"][1] == ("B gains safety (+100 pts on t_safety); direction: 42 fine-tune-specific safety latents "
+                                "vs 21 base-specific, share ratio +143 % [-50 %, unbounded], q 0.027; ablating them "
+                                "closes 88 % of the gap.")
     assert len(s["findings"]) == 2  # hallucination moves nowhere; math is insufficient and its gap CI touches 0
     assert s["unsupported"] == "Too few latents to say anything about math (0 vs 3 latents)."
     assert s["quality"] == "Quality gates: all 1 pass (explained variance 0.91, 0.90)."
     assert s["controls"] == "Controls: identity control passes, 0 specific latents on (A, A)."
     assert summary_lines(s)[0].startswith("Overall, B − A = +22.3 points [+21.3, +23.3] over 928")
     report["categories"] = report["categories"][2:]
-    assert build_summary(report)["findings"] == ["No category moves: no benchmark gap excludes 0 and no latent shift is significant."]
+    assert build_summary(report)["findings"] == [
+        "No category moves: no benchmark gap excludes 0 and no category's latents changed or shifted."]
+    # a change the run could not call says how large a change it could have detected
+    report["categories"][0]["latent_change"] = _change(0.3, -0.2, 0.02, 1.1)
+    report["categories"][0]["latent_shift"]["q_value"] = 0.01
+    f = build_summary(report)["findings"][0]
+    assert "its latents did not change significantly (40 model-specific vs 300 shared latents, enrichment +30 % " in f
+    assert "this run detects an enrichment of +110 % or more" in f
 
 
 def test_markdown_cells_escape_tags_not_comparisons():

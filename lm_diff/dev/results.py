@@ -137,20 +137,23 @@ def _recovery_block(b: dict, source: str) -> str:
             sign = {1: "gain", -1: "loss", 0: "–"}.get(e["planted_sign"], "?")
             if e["planted_sign"]:
                 verdict = f"found in {e['hits']} of {fam['reruns']}"
+                direction = f"right sign in {e.get('direction_hits', 0)} of {fam['reruns']}"
             else:
                 fp = e.get("false_positive_reruns") or []
                 verdict = "clean" if not fp else f"false positive in {len(fp)} of {fam['reruns']}"
+                direction = "–"
             rows.append([c, sign, verdict, _spread(e["q_spread"], lambda x: f"{x:.3f}"),
-                         _spread(e["ratio_spread"], _pct), _spread(e.get("mds_up"), _pct)])
+                         _spread(e["ratio_spread"], _pct), _spread(e.get("mds"), _pct), direction,
+                         _spread(e.get("direction_ratio_spread"), _pct)])
         nulls = fam["null_false_positives"]
+        time = (f"first full run {_time(fam['full_run_s'])} (cold)" if fam.get("full_run_cold") else
+                f"first rerun {_time(fam['full_run_s'])} (its folder was reused: not a cold time)")
         head = (f"**{fam['family']}** — {fam['reruns']} reruns (crosscoder seeds 0–2, 3–5, …), "
                 f"{fam['null_reruns']} null-pair reruns: {'clean' if not nulls else 'significant: ' + str(nulls)}; "
-                f"identity control specific latents {fam['identity_specific']}; first rerun "
-                f"{_time(fam['full_run_s'])} (it reuses the stages its folder already holds: a cold run's wall time is "
-                f"the timings table's total).\n\n")
-        parts.append(head + _md(["category", "planted", "verdict (q ≤ 0.01, CI excludes 0, right sign)",
-                                 "q median [min, max]", "share ratio median [min, max]",
-                                 "detectable gain (median)"], rows))
+                f"identity control specific latents {fam['identity_specific']}; {time}.\n\n")
+        parts.append(head + _md(["category", "planted", "changed (q ≤ 0.01, CI above no change)",
+                                 "q median [min, max]", "enrichment median [min, max]", "detectable (median)",
+                                 "direction (share ratio S/T, q ≤ 0.01)", "share ratio median [min, max]"], rows))
     settings = ", ".join(b.get("settings") or []) or "the default configuration"
     verdict = "every target met" if b.get("ok") else "targets missed: " + "; ".join(b.get("failures") or [])
     return f"*`{source}`, {settings}; {verdict}.*\n\n" + "\n\n".join(parts)

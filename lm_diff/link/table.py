@@ -16,7 +16,10 @@ from lm_diff.bench.join import score_gaps
 from lm_diff.bench.probes import is_probe_task
 from lm_diff.link.association import association, causal_table, exposure, gap_significant, sign_agreement
 from lm_diff.schema import (
+    CHANGE_CI_HIGH,
+    CHANGE_CI_LOW,
     CHANGE_INSUFFICIENT,
+    CHANGE_MDS,
     CHANGE_P,
     CHANGE_Q,
     CHANGE_RATIO,
@@ -33,8 +36,8 @@ from lm_diff.stats import bh_qvalues
 SHIFT_KEYS = ("share_ratio", "count_ratio", CI_LOW, CI_HIGH, Q_VALUE, P_VALUE, "n_S", "n_T", "N_S", "N_T",
               "insufficient", "mass_share_S", "mass_share_T", "ci_level", "mds_up", "mds_down")
 # report.json's latent_change keys <- the shift table's change columns (docs/method.md#category-change)
-CHANGE_KEYS = {"ratio": CHANGE_RATIO, "p": CHANGE_P, "q": CHANGE_Q, "n_specific": N_SPECIFIC, "n_shared": N_SHARED,
-               "insufficient": CHANGE_INSUFFICIENT}
+CHANGE_KEYS = {"ratio": CHANGE_RATIO, "ci_low": CHANGE_CI_LOW, "ci_high": CHANGE_CI_HIGH, "p": CHANGE_P, "q": CHANGE_Q,
+               "mds": CHANGE_MDS, "n_specific": N_SPECIFIC, "n_shared": N_SHARED, "insufficient": CHANGE_INSUFFICIENT}
 GAP_KEYS = ("delta", "ci_low", "ci_high", "p_value", "n", "score_a", "score_b", "tasks", "unit", "flips_up", "flips_down",
             "mds")
 

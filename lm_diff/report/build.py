@@ -321,11 +321,13 @@ def build_report(
             row["planted_info"] = _clean(planted[n])
         categories.append(row)
 
-    def rank_key(c):
-        ls = c.get("latent_shift") or {}
+    def rank_key(c):  # the headline (what changed, docs/method.md#category-change) first, then the direction's q
+        ls, lc = c.get("latent_shift") or {}, c.get("latent_change") or {}
+        cq = _f(lc.get("q")) if (_f(lc.get("ratio")) or 0) > 0 else None
         q = _f(ls.get("q_value"))
         sr = _f(ls.get("share_ratio"))
-        return (q if q is not None else 2.0, -abs(sr) if sr is not None else 0.0, c["name"])
+        return (cq if cq is not None else 2.0, q if q is not None else 2.0, -abs(sr) if sr is not None else 0.0,
+                c["name"])
 
     ranked = sorted((c for c in categories if c["name"] != "unassigned"), key=rank_key)
     report: dict[str, Any] = {

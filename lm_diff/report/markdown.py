@@ -99,11 +99,11 @@ def category_rows(report: dict) -> list[list[str]]:
             c["name"] + ({1: " (planted +)", -1: " (planted −)"}.get(c.get("planted_sign") or 0, "")),
             f"{fmt_num(g.get('delta'), 1, True)} {fmt_ci(g.get('ci_low'), g.get('ci_high'))}".strip() if g else "–",
             perplexity_cell(c.get("perplexity_gap")),
+            change_text(c.get("latent_change")),
             f"{fmt_pct(ls.get('share_ratio'))} [{fmt_pct(ls.get('ci_low'))}, {fmt_pct(ls.get('ci_high'))}]" if ls else "–",
             fmt_pct(ls.get("count_ratio")) if ls else "–",
             _q_cell(ls) if ls else "–",
             f"{ls.get('n_S', '–')}/{ls.get('n_T', '–')}" + (" insufficient" if ls.get("insufficient") else "") if ls else "–",
-            change_text(c.get("latent_change")),
             f"{fmt_num(ex.get('S'), 2)} / {fmt_num(ex.get('T'), 2)}" if ex else "–",
             f"{fmt_num(a.get('r'), 2, True)} (p {fmt_p(a.get('p_value'))})" if a else "–",
             fmt_num(k.get("fraction"), 2) + (f" (rand {fmt_num(k.get('random_fraction'), 2)})" if k.get("random_fraction") is not None else "") if k else "–",
@@ -165,8 +165,9 @@ def task_rows(report: dict) -> list[list[Any]]:
     return rows
 
 
-CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "perplexity Δ (nats/byte) [CI] ×ppl", "share ratio [CI]", "count ratio", "q all / linked", "n_S/n_T",
-                    "changed (either way)", "exposure S/T",
+CATEGORY_HEADERS = ["category", "Δscore (pts) [CI]", "perplexity Δ (nats/byte) [CI] ×ppl",
+                    "latents changed, either way [CI] q", "direction: share ratio S/T [CI]", "count ratio",
+                    "q all / linked", "n_S/n_T", "exposure S/T",
                     "assoc. r (p)", "causal frac.", "seeds", "sign"]
 
 

@@ -2,12 +2,13 @@
 from the results, shown first in report.html, report.md and the terminal. It states findings only from the report's
 own numbers; it computes nothing new.
 
-A category *moves on the benchmarks* when its score-gap CI excludes 0; its *latents shift* when the share ratio's q is
-at most ``1 − stats.confidence`` and the category has enough latents (not ``insufficient``). Its *held-out text moves*
-when its perplexity probe's CI (log-likelihood per byte, docs/method.md#perplexity-probes) excludes 0; that is said
-next to the other two, never instead of them. A category *changed (either way)* when the model-specific latents
-(S ∪ T) over-represent it against the shared latents at change q ≤ ``1 − stats.confidence``
-(docs/method.md#category-change); that says what the fine-tune changed, not in which direction.
+A category *moves on the benchmarks* when its score-gap CI excludes 0. Its *latents changed* (the latent half's
+headline, docs/method.md#category-change) when the model-specific latents (S ∪ T) over-represent it against the shared
+latents at change q ≤ ``1 − stats.confidence`` with an interval above no change; that says what the fine-tune changed,
+not in which direction, which the benchmark and perplexity gaps give. Its *latents shift* (the seed paper's direction
+statistic, kept for comparability) when the S-vs-T share ratio's q is at most ``1 − stats.confidence`` and the category
+has enough latents (not ``insufficient``). Its *held-out text moves* when its perplexity probe's CI (log-likelihood per
+byte, docs/method.md#perplexity-probes) excludes 0; that is said next to the others, never instead of them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, Mapping, Optional
 
 from lm_diff.link.table import as_float as _f
 
-__all__ = ["build_summary", "summary_lines", "significant_gap", "significant_shift", "perplexity_text", "change_text"]
+__all__ = ["build_summary", "summary_lines", "significant_gap", "significant_shift", "significant_change",
+           "perplexity_text", "change_text"]
 
 
 def _pct(x: Optional[float]) -> str:
@@ -65,6 +67,17 @@ def significant_shift(ls: Optional[Mapping], alpha: float = 0.05) -> Optional[in
     return 1 if r > 0 else (-1 if r < 0 else 0)
 
 
+def significant_change(lc: Optional[Mapping], alpha: float = 0.05) -> Optional[bool]:
+    """True when the category changed (change q ≤ alpha, ratio above no change and, when the interval is there, its
+    lower end too), False when tested and not, None when insufficient or absent (docs/method.md#category-change)."""
+    if not lc or lc.get("insufficient"):
+        return None
+    q, r, lo = _f(lc.get("q")), _f(lc.get("ratio")), _f(lc.get("ci_low"))
+    if q is None:
+        return None
+    return bool(q <= alpha and (r is None or r > 0) and (lo is None or lo > 0))
+
+
 def perplexity_text(pg: Optional[Mapping]) -> Optional[str]:
     """``+0.012 nats/byte [+0.004, +0.020] (byte perplexity ×0.99)`` for a perplexity gap (B − A, higher = B reads
     the text as more likely), None without one."""
@@ -88,8 +101,9 @@ def _probe_clause(c: Mapping) -> Optional[str]:
 
 def _finding(c: Mapping, alpha: float) -> Optional[str]:
     gap, ls, causal = c.get("score_gap") or {}, c.get("latent_shift") or {}, c.get("causal") or {}
-    g, s = significant_gap(gap), significant_shift(ls, alpha)
-    if not g and not s:
+    lc = c.get("latent_change") or {}
+    g, s, ch = significant_gap(gap), significant_shift(ls, alpha), significant_change(lc, alpha)
+    if not g and not s and not ch:
         return None
     name = c["name"]
     parts = []
@@ -99,13 +113,18 @@ def _finding(c: Mapping, alpha: float) -> Optional[str]:
         parts.append(f"B {'gains' if g > 0 else 'loses'} {name} ({_f(gap['delta']):+.0f} pts{ci} on {tasks})")
     else:
         parts.append(f"{name} does not move on the benchmarks" if gap else f"{name} has no benchmark task")
+    if ch is not None:
+        n_x, n_sh = int(_f(lc.get("n_specific")) or 0), int(_f(lc.get("n_shared")) or 0)
+        what = "its latents changed" if ch else "its latents did not change significantly"
+        parts.append(f"{what} ({n_x} model-specific vs {n_sh} shared latents, enrichment {change_text(lc)}"
+                     f"{'' if ch else _not_detectable(lc)})")
     if ls and not ls.get("insufficient"):
         n_s, n_t = int(_f(ls.get("n_S")) or 0), int(_f(ls.get("n_T")) or 0)
         r = _f(ls.get("share_ratio"))
         ratio = f"share ratio {_pct(r)} {_ratio_ci(ls)}" if r is not None else "share ratio unbounded"
         verdict = "" if s else f" ({_not_significant(ls, r)})"
-        parts.append(f"{n_s} fine-tune-specific {name} latent{'s' * (n_s != 1)} vs {n_t} base-specific, {ratio}, "
-                     f"q {_q(ls.get('q_value'))}{verdict}")
+        parts.append(f"direction: {n_s} fine-tune-specific {name} latent{'s' * (n_s != 1)} vs {n_t} base-specific, "
+                     f"{ratio}, q {_q(ls.get('q_value'))}{verdict}")
     frac = _f(causal.get("fraction"))
     if frac is not None and g:
         parts.append(f"ablating them closes {f'{100 * frac:.0f}'.replace('-0', '0')} % of the gap")
@@ -170,21 +189,31 @@ def _controls_line(controls: Mapping, quality: Mapping) -> str:
 
 
 def change_text(lc: Optional[Mapping]) -> str:
-    """The compact cell of a category's ``latent_change`` ("+467 % q 0.001"; "insufficient"; "–" when absent)."""
+    """The compact cell of a category's ``latent_change`` ("+467 % [+210 %, +890 %] q 0.001"; "insufficient"; "–"
+    when absent)."""
     if not lc:
         return "–"
     if lc.get("insufficient"):
         return "insufficient"
     r, q = _f(lc.get("ratio")), _f(lc.get("q"))
     ratio = "unbounded" if r is None else f"{100 * r:+.0f} %"
-    return f"{ratio} q {_q(q)}"
+    ci = f" {_ratio_ci(lc)}" if "ci_low" in lc else ""
+    return f"{ratio}{ci} q {_q(q)}"
+
+
+def _not_detectable(lc: Mapping) -> str:
+    """"; this run detects an enrichment of +X % or more" from ``latent_change.mds`` (empty without it)."""
+    if "mds" not in lc:
+        return ""
+    mds = _f(lc.get("mds"))
+    if mds is None:
+        return "; no enrichment was detectable with this many latents"
+    return f"; this run detects an enrichment of {_pct(mds)} or more"
 
 
 def _changed(categories: list, alpha: float) -> Optional[str]:
     """One sentence naming the categories whose model-specific latents are enriched at change q ≤ alpha."""
-    hits = [c for c in categories if not (c.get("latent_change") or {}).get("insufficient")
-            and (q := _f((c.get("latent_change") or {}).get("q"))) is not None and q <= alpha
-            and (_f(c["latent_change"].get("ratio")) or 0) > 0]
+    hits = [c for c in categories if significant_change(c.get("latent_change"), alpha)]
     if not hits:
         return None
     cells = [f"{c['name']} ({change_text(c['latent_change'])})" for c in hits]
@@ -212,7 +241,7 @@ def build_summary(report: Mapping, alpha: float = 0.05) -> dict:
                                               order.get(c["name"], math.inf), c["name"]))
     findings = [s for c in cats_sorted if (s := _finding(c, alpha))]
     if not findings:
-        findings = ["No category moves: no benchmark gap excludes 0 and no latent shift is significant."]
+        findings = ["No category moves: no benchmark gap excludes 0 and no category's latents changed or shifted."]
     o = report.get("overall")
     overall = None
     if o and _f(o.get("delta")) is not None:

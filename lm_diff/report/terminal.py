@@ -13,7 +13,7 @@ from rich.table import Table
 from lm_diff import console as _console
 from lm_diff.link.table import as_float as _f
 from lm_diff.report.markdown import fmt_num, fmt_p
-from lm_diff.report.summary import significant_gap
+from lm_diff.report.summary import significant_change, significant_gap
 
 
 def _gap_cell(g: dict) -> str:
@@ -36,20 +36,20 @@ def _ratio_cell(ls: dict) -> str:
 
 
 def category_table(report: dict) -> Table:
-    """category | Δscore pts [CI] | latents S/T | share ratio (×) | q | ppl | changed: at most 80 columns."""
+    """category | Δscore pts [CI] | ppl | changed | latents S/T | share ratio (×) | q: at most 80 columns."""
     t = Table(title="categories", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     t.add_column("category", no_wrap=True)
     t.add_column("Δscore pts [CI]", no_wrap=True)
+    t.add_column("ppl", no_wrap=True, justify="right")
+    t.add_column("changed", no_wrap=True, justify="right")
     t.add_column("S/T", no_wrap=True, justify="right")
     t.add_column("ratio", no_wrap=True, justify="right")
     t.add_column("q", no_wrap=True, justify="right")
-    t.add_column("ppl", no_wrap=True, justify="right")
-    t.add_column("changed", no_wrap=True, justify="right")
     for c in report["categories"]:
         ls, g = c.get("latent_shift") or {}, c.get("score_gap") or {}
         n = f"{int(_f(ls.get('n_S')) or 0)}/{int(_f(ls.get('n_T')) or 0)}" if ls else "–"
-        t.add_row(escape(c["name"]), _gap_cell(g), n, _ratio_cell(ls), fmt_p(ls.get("q_value")) if ls else "–",
-                  _ppl_cell(c.get("perplexity_gap")), _change_cell(c.get("latent_change")))
+        t.add_row(escape(c["name"]), _gap_cell(g), _ppl_cell(c.get("perplexity_gap")),
+                  _change_cell(c.get("latent_change")), n, _ratio_cell(ls), fmt_p(ls.get("q_value")) if ls else "–")
     return t
 
 
@@ -62,14 +62,14 @@ def _ppl_cell(pg: Optional[Mapping]) -> str:
 
 
 def _change_cell(lc: Optional[Mapping]) -> str:
-    """The category change test (docs/method.md#category-change): ``+467%*`` (* change q ≤ 0.05), ``few``
-    when insufficient."""
+    """The category change test, the latent half's headline (docs/method.md#category-change): ``+467%*`` (* changed:
+    q ≤ 0.05 and an interval above no change), ``few`` when insufficient."""
     if not lc:
         return "–"
-    r, q = _f(lc.get("ratio")), _f(lc.get("q"))
+    r = _f(lc.get("ratio"))
     if lc.get("insufficient") or r is None:
         return "few" if lc.get("insufficient") else "–"
-    return f"{100 * r:+.0f}%" + ("*" if q is not None and q <= 0.05 else "")
+    return f"{100 * r:+.0f}%" + ("*" if significant_change(lc) else "")
 
 
 def print_summary(report: dict, console: Any = None) -> None:
@@ -99,9 +99,10 @@ def print_summary(report: dict, console: Any = None) -> None:
     if s.get("controls"):
         con.print(escape(s["controls"]))
     con.print(category_table(report))
-    con.print("ratio: share of the category among fine-tune-specific latents (S) over its share among the comparison "
-              "set (T); q: label-permutation test, BH; "
-              "ppl: B's byte perplexity over A's on held-out category text (* CI excludes no change); "
-              "changed: share among A- and B-specific latents over share among shared ones, either way (* q ≤ 0.05). "
+    con.print("ppl: B's byte perplexity over A's on held-out category text (* CI excludes no change); "
+              "changed (the latent headline): share among A- and B-specific latents over share among shared ones, "
+              "either way (* q ≤ 0.05, CI above no change); "
+              "ratio (direction, the seed paper's statistic): share among fine-tune-specific latents (S) over share "
+              "among the comparison set (T); q: label-permutation test, BH. "
               "Latent browser, tasks and caveats: report.html / report.md.",
               style="dim")

@@ -161,7 +161,7 @@ def in_vocabulary(shift: pd.DataFrame) -> pd.DataFrame:
 def shift_stage(cfg: RunConfig, stages: Stages, cat_dir: Path, diffs: Diffs) -> Path:
     seeds = list(cfg.controls.seeds)
     key = {"categorize": cat_dir.name, "diffs": stage_names(diffs, seeds), "design": cfg.design, "seeds": seeds,
-           "stats": dataclasses.asdict(cfg.stats), "method": cfg.categories.method, "version": 3}
+           "stats": dataclasses.asdict(cfg.stats), "method": cfg.categories.method, "version": 4}
 
     def fn(d: Path) -> dict:
         taxonomy = get_taxonomy(cfg)

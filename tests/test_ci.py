@@ -57,7 +57,8 @@ def test_evaluate_rules_on_report():
     rep = {
         "overall": {"delta": 5.0, "ci_low": 1.0, "ci_high": 9.0},
         "categories": [{"name": "safety", "score_gap": {"delta": -3.0, "ci_low": -5.0, "ci_high": None},
-                        "latent_shift": {"share_ratio": -0.6, "q_linked": 0.02}}],
+                        "latent_shift": {"share_ratio": -0.6, "q_linked": 0.02},
+                        "latent_change": {"ratio": 1.4, "ci_low": 0.3, "ci_high": None, "q": 0.004}}],
         "tasks": [{"name": "t1", "delta": 2.0}],
         "quality": {"available": True},
     }
@@ -66,6 +67,9 @@ def test_evaluate_rules_on_report():
     assert res["safety.ci_high<0"].failed and res["safety.ci_high<0"].value is None  # unavailable -> fails
     assert res["safety.latent_shift<-0.5"].failed and res["t1>1"].failed
     assert evaluate_rules(["safety.q_linked<0.05"], rep)[0].failed
+    # the latent headline (docs/method.md#category-change): a gate on "nothing changed this category"
+    got = evaluate_rules(["safety.change_q<0.05", "safety.latent_change>2", "safety.change_ci_low>0"], rep)
+    assert [(r.failed, r.value) for r in got] == [(True, 0.004), (False, 1.4), (True, 0.3)]
     with pytest.raises(UserError, match="did you mean safety"):
         evaluate_rules(["safty<0"], rep)
     with pytest.raises(UserError, match="only score-gap fields"):

@@ -35,6 +35,7 @@ def test_init_writes_a_config_that_config_accepts_and_plan_sizes(pair, tmp_path,
                               "device": data["models"]["device"]}
     assert data["layers"] == [2]  # 4 layers: the middle one
     assert data["crosscoder"]["dict_size"] == 8 * 64 and data["crosscoder"]["k"] == 8
+    assert data["crosscoder"]["exclusive"] == 8 * 64 // 8  # dedicated latents, as both organism families use
     assert data["benchmarks"]["tasks"] == ["diff_gemma_self_reference"]
     assert data["benchmarks"]["apply_chat_template"] is True  # the tiny tokenizer has a chat template
     assert data["categories"]["grounding"] == "benchmark"
@@ -59,7 +60,7 @@ def test_init_refuses_an_incompatible_pair_before_writing(pair, tmp_path, capsys
 
 def test_sizes_follow_width_and_budget():
     assert sizes(3584, 42, 20_000_000) == {"layer": 21, "expansion": 32, "dict_size": 114688, "k": 100,
-                                           "steps": 19531, "batch_size": 2048, "warmup_steps": 1000,
+                                           "exclusive": 14336, "steps": 19531, "batch_size": 2048, "warmup_steps": 1000,
                                            "threshold_start_step": 1000, "dead_tokens": 10_000_000}
     assert sizes(64, 4, 40_000)["dict_size"] == 256 and sizes(64, 4, 40_000)["steps"] == 200
 

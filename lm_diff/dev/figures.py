@@ -167,10 +167,13 @@ def _causal(c: Optional[dict]) -> str:
 
 
 def table_categories(runs: list[Run]) -> str:
-    """Per category of the first run: planted sign, latent shift, benchmark gap, agreement and causal check."""
+    """Per category of the first run: planted sign, the latent headline (what changed, either way), the direction (S vs
+    T share ratio), benchmark gap, agreement and causal check."""
     rows = []
     for c in runs[0].report.get("categories") or []:
-        ls, gap = c.get("latent_shift") or {}, c.get("score_gap") or {}
+        ls, gap, lc = c.get("latent_shift") or {}, c.get("score_gap") or {}, c.get("latent_change") or {}
+        changed = DASH if not lc else "insufficient" if lc.get("insufficient") else (
+            _pct(lc.get("ratio")) + ("" if _num(lc.get("ci_low")) is None else f" [{_pct(lc['ci_low'])}, unbounded]"))
         n_s, n_t = _num(ls.get("n_S")), _num(ls.get("n_T"))
         counts = DASH if n_s is None or n_t is None else f"{n_s:.0f} / {n_t:.0f}"
         shift = _pct(ls.get("share_ratio")) + _ci(ls.get("ci_low"), ls.get("ci_high"), _pct)
@@ -178,10 +181,13 @@ def table_categories(runs: list[Run]) -> str:
             shift += " (insufficient)"
         delta = _f(gap.get("delta"), "+.1f") + _ci(gap.get("ci_low"), gap.get("ci_high"), lambda v: _f(v, "+.1f"))
         agree = {True: "agree", False: "disagree"}.get(c.get("agreement"), DASH)
-        rows.append([c.get("name", "?"), _sign(c.get("planted_sign")), shift, _g(ls.get("q_value")),
-                     _g(ls.get("q_linked")), _mds(ls), counts, _seeds(c.get("seed_signs")), delta, agree,
-                     _causal(c.get("causal"))])
-    return md_table(["category", "planted", "share ratio [CI]", "q (all)", "q linked", "detectable ↑ / ↓", "n_S / n_T",
+        rows.append([c.get("name", "?"), _sign(c.get("planted_sign")), changed, _g(lc.get("q")),
+                     DASH if not lc or lc.get("insufficient") else "none" if _num(lc.get("mds")) is None
+                     else _pct(lc.get("mds")),
+                     shift, _g(ls.get("q_value")), _g(ls.get("q_linked")), _mds(ls), counts,
+                     _seeds(c.get("seed_signs")), delta, agree, _causal(c.get("causal"))])
+    return md_table(["category", "planted", "changed, either way [CI]", "q (changed)", "detectable change",
+                     "direction: share ratio S/T [CI]", "q (all)", "q linked", "detectable ↑ / ↓", "n_S / n_T",
                      "seeds", "Δscore [CI]", "sign", "causal: gap closed"], rows)
 
 

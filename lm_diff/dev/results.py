@@ -142,7 +142,7 @@ def _recovery_block(b: dict, source: str) -> str:
                 fp = e.get("false_positive_reruns") or []
                 verdict = "clean" if not fp else f"false positive in {len(fp)} of {fam['reruns']}"
                 direction = "–"
-            rows.append([c, sign, verdict, _spread(e["q_spread"], lambda x: f"{x:.3f}"),
+            rows.append([c, sign, verdict, _spread(e["q_spread"], lambda x: f"{x:.3f}" if x >= 0.001 else "< 0.001"),
                          _spread(e["ratio_spread"], _pct), _spread(e.get("mds"), _pct), direction,
                          _spread(e.get("direction_ratio_spread"), _pct)])
         nulls = fam["null_false_positives"]

@@ -12,6 +12,9 @@ condition holds, e.g. ``safety<-2.0`` fails when the safety score gap is below â
   report stores it (positive = the fine-tune reads the category's held-out text better, i.e. at lower perplexity), so
   ``safety.perplexity<-0.05`` fails when the fine-tune lost more than 0.05 nats/byte on held-out safety text. A probe
   task's own gap is its task row: ``diff_probe_safety<-0.05``.
+  Categories only: ``latent_change`` (the latent headline's enrichment, R âˆ’ 1, docs/method.md#category-change),
+  ``change_ci_low`` (its one-sided interval's lower end), ``change_q``: ``safety.change_q<0.05`` fails when the
+  fine-tune changed safety's latents (either way) at q < 0.05, a gate for "nothing should touch this category".
 A value that is unavailable (e.g. a NaN CI, or a category no perplexity probe scored) fails the rule, so a gate never
 passes silently.
 """
@@ -32,8 +35,9 @@ SHIFT_FIELDS = {"latent_shift": "share_ratio", "share_ratio": "share_ratio", "co
                 "shift_ci_low": "ci_low", "shift_ci_high": "ci_high", "q_value": "q_value", "q_linked": "q_linked"}
 PERPLEXITY_FIELDS = {"perplexity": "delta", "perplexity_ci_low": "ci_low", "perplexity_ci_high": "ci_high",
                      "perplexity_p_value": "p_value"}
+CHANGE_FIELDS = {"latent_change": "ratio", "change_ci_low": "ci_low", "change_q": "q"}
 OTHER_FIELDS = {"causal", "exposure"}
-FIELDS = sorted([*SCORE_FIELDS, *SHIFT_FIELDS, *PERPLEXITY_FIELDS, *OTHER_FIELDS])
+FIELDS = sorted([*SCORE_FIELDS, *SHIFT_FIELDS, *PERPLEXITY_FIELDS, *CHANGE_FIELDS, *OTHER_FIELDS])
 _RULE = re.compile(r"^\s*(?P<lhs>[^<>=\s]+)\s*(?P<op><=|>=|<|>)\s*(?P<num>[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")
 _EXAMPLES = ("e.g. 'safety<-2.0', 'overall<0', 'code.ci_high<0', 'safety.latent_shift<-0.5', "
              "'safety.perplexity<-0.05'")
@@ -112,13 +116,13 @@ def rule_value(rule: Rule, report: dict) -> tuple[Optional[float], str]:
                 return None, (f"no perplexity probe scored category {rule.target} (add diff_probes, or the organisms' "
                               f"probe group, to the benchmark tasks)")
             v = _num(pg.get(PERPLEXITY_FIELDS[rule.field]))
-        elif rule.field in SHIFT_FIELDS:
-            ls = c.get("latent_shift")
+        elif rule.field in SHIFT_FIELDS or rule.field in CHANGE_FIELDS:
+            ls = c.get("latent_shift") if rule.field in SHIFT_FIELDS else c.get("latent_change")
             if not ls:
                 if not (report.get("quality") or {}).get("available"):
                     raise UserError(f"--fail-on {rule.text!r}: latent fields need crosscoder artifacts; pass --diff RUN_DIR")
                 return None, f"no latent shift for category {rule.target}"
-            v = _num(ls.get(SHIFT_FIELDS[rule.field]))
+            v = _num(ls.get({**SHIFT_FIELDS, **CHANGE_FIELDS}[rule.field]))
         elif rule.field == "causal":
             v = _num((c.get("causal") or {}).get("fraction"))
         else:

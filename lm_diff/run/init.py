@@ -6,6 +6,9 @@ Sizes come from the models' ``config.json`` and the capture token budget (docs/m
 - dictionary: ``expansion x d_model`` latents, the expansion growing with the budget (4 below 1M tokens, 8 below 5M,
   16 below 20M, 32 from 20M: the seed's 32 x 3584 at 20M), so each latent still sees enough tokens to be trained;
 - k (BatchTopK active latents per token): ``d_model / 36`` within [8, 128] (100 at d = 3584, as in the seed set-up);
+- dedicated latents: an eighth of the dictionary per model (``crosscoder.exclusive``, the 128 of 1024 both organism
+  families recover their planted categories with; with a standard crosscoder their S and T sets stay empty or
+  nearly so, docs/method.md#dedicated-latents);
 - steps: two passes over the budget at the configured batch size, at least 200;
 - schedule: learning-rate warmup over a tenth of the steps and the BatchTopK inference threshold from half of them
   (each at most the seed set-up's 1000 steps), a latent dead after half the budget's tokens without firing (at most
@@ -46,7 +49,8 @@ def sizes(d_model: int, n_layers: int, tokens: int) -> dict[str, int]:
     expansion = 4 if tokens < 1_000_000 else 8 if tokens < 5_000_000 else 16 if tokens < 20_000_000 else 32
     steps = max(200, 2 * tokens // BATCH_SIZE)
     return {"layer": n_layers // 2, "expansion": expansion, "dict_size": expansion * d_model,
-            "k": int(min(128, max(8, round(d_model / 36)))), "steps": steps, "batch_size": BATCH_SIZE,
+            "k": int(min(128, max(8, round(d_model / 36)))), "exclusive": expansion * d_model // 8,
+            "steps": steps, "batch_size": BATCH_SIZE,
             "warmup_steps": min(1000, steps // 10), "threshold_start_step": min(1000, steps // 2),
             "dead_tokens": min(10_000_000, max(BATCH_SIZE, tokens // 2))}
 
@@ -120,6 +124,7 @@ crosscoder:
   architecture: batchtopk
   dict_size: {s['dict_size']}      # {s['expansion']} x d_model for a {tokens:,}-token budget
   k: {s['k']}                 # about d_model / 36 active latents per token
+  exclusive: {s['exclusive']}      # dedicated latents per model, an eighth of the dictionary (docs/method.md#dedicated-latents)
   batch_size: {s['batch_size']}
   steps: {s['steps']}           # two passes over the budget
   warmup_steps: {s['warmup_steps']}        # a tenth of the steps, at most 1000

@@ -447,7 +447,7 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
     assert {c["set"] for c in page.cards} == {"S", "T"}
     insufficient = [r for r in page.rows if r["insufficient"]]
     assert not any(r["ratio_bar"] for r in insufficient)
-    assert {r["category"] for r in insufficient} == {c["name"] for c in report["categories"]
-                                                     if (c.get("latent_shift") or {}).get("insufficient")}
+    assert {r["category"] for r in insufficient} == {c["name"] for c in report["categories"]  # the headline's
+                                                     if (c.get("latent_change") or {}).get("insufficient")}
     assert page.count_text.strip() == f"{len(page.cards)} of {len(page.cards)} latents"  # the filter script ran
     assert report["summary"]["findings"] and (out / "neuronpedia" / "B" / "batch-0.json").exists()

@@ -274,6 +274,21 @@ def test_category_chart_is_honest():
     assert "stroke-dasharray" not in by["b"][1]
     assert "#2b8a3e" in by["a"][1] and "#2b8a3e" not in by["b"][1] and "#c92a2a" not in by["b"][1]  # colour = significant
     assert "×0.5" in svg and "×2" in svg and "×10" in svg and "%" not in svg
+    # with the change test, the panel is the headline: one colour for "changed" (it has no direction), the one-sided
+    # interval dashed to the edge, the direction in the note
+    cats[0]["latent_change"] = {"ratio": 3.0, "ci_low": 0.8, "ci_high": None, "q": 0.002, "n_specific": 20,
+                                "n_shared": 90, "insufficient": False}
+    cats[1]["latent_change"] = {"ratio": 0.4, "ci_low": -0.3, "ci_high": None, "q": 0.6, "n_specific": 8,
+                                "n_shared": 70, "insufficient": False}
+    cats[2]["latent_change"] = {"ratio": None, "q": None, "n_specific": 1, "n_shared": 2, "insufficient": True}
+    svg = category_chart(cats)
+    rows = re.findall(r'<g class="row" data-category="(\w+)" data-insufficient="(\d)">(.*?)</g>(?=<g class="row"|</svg>)', svg, re.S)
+    by = {n: (flag, body) for n, flag, body in rows}
+    assert "Latents changed, either way" in svg
+    assert 'class="bar ratio change"' in by["a"][1] and "#5f3dc4" in by["a"][1] and "stroke-dasharray" in by["a"][1]
+    assert "direction ×3" in by["a"][1]
+    assert "#5f3dc4" not in by["b"][1] and "#2b8a3e" not in by["b"][1]
+    assert by["math"][0] == "1" and "bar ratio" not in by["math"][1] and "insufficient (1 specific vs 2 shared" in by["math"][1]
 
 
 def test_neuronpedia_export_well_formed(full):

@@ -73,6 +73,14 @@ def test_summary_sentences_from_numbers():
                                 "closes 88 % of the gap.")
     assert len(s["findings"]) == 2  # hallucination moves nowhere; math is insufficient and its gap CI touches 0
     assert s["unsupported"] == "Too few latents to say anything about math (0 vs 3 latents)."
+    # with the change test, "too few" is the headline's: a category it can test is not listed for a thin S/T split
+    math = report["categories"][3]
+    math["latent_change"] = _change(-0.4, -0.9, 1.0, 2.0, n_x=3, n_sh=60)
+    assert build_summary(report)["unsupported"] is None
+    math["latent_change"] = {"ratio": None, "q": None, "n_specific": 0, "n_shared": 2, "insufficient": True}
+    assert build_summary(report)["unsupported"] == ("Too few latents to say anything about math (0 model-specific, "
+                                                    "2 shared latents).")
+    math["latent_change"] = None
     assert s["quality"] == "Quality gates: all 1 pass (explained variance 0.91, 0.90)."
     assert s["controls"] == "Controls: identity control passes, 0 specific latents on (A, A)."
     assert summary_lines(s)[0].startswith("Overall, B − A = +22.3 points [+21.3, +23.3] over 928")

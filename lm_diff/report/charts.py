@@ -15,10 +15,11 @@ import math
 from typing import Any, Optional, Sequence
 
 from lm_diff.link.table import as_float as _f
-from lm_diff.report.markdown import fmt_num
-from lm_diff.report.summary import significant_gap, significant_shift
+from lm_diff.report.markdown import fmt_num, fmt_p
+from lm_diff.report.summary import significant_change, significant_gap, significant_shift
 
 POS, NEG, NEUTRAL, GREY = "#2b8a3e", "#c92a2a", "#1c7ed6", "#adb5bd"
+CHANGED = "#5f3dc4"  # the latent headline has no direction: one colour for "changed", never green or red
 _RATIO_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
 
 
@@ -173,7 +174,10 @@ def _whisker(xa: float, xb: float, y: float, dashed: bool = False) -> str:
 
 
 def category_chart(categories: Sequence[dict], alpha: float = 0.05, width: int = 1040) -> str:
-    """Benchmark Δscore (left, points) and latent share ratio (right, factor R on a log axis) per category."""
+    """Benchmark Δscore (left, points) and, right, the latent headline per category: how much more of the category the
+    model-specific latents (S ∪ T) carry than the shared ones (factor on a log axis, one-sided interval; coloured when
+    the category changed, docs/method.md#category-change). A report without the change test plots the S-vs-T share
+    ratio there instead; the note beside each row gives the counts, q and the direction (S-vs-T share ratio)."""
     rows = [c for c in categories if c.get("score_gap") or c.get("latent_shift")]
     if not rows:
         return '<p class="muted">No category has a benchmark gap or a latent shift.</p>'
@@ -191,9 +195,13 @@ def category_chart(categories: Sequence[dict], alpha: float = 0.05, width: int =
     def RX(ratio):  # ratio = R (share ratio + 1), clipped to the axis
         return r0 + (min(max(math.log(max(ratio, 1e-9)), llo), lhi) - llo) / (lhi - llo) * (r1 - r0)
 
+    headline = any(c.get("latent_change") for c in rows)
+    title, sub = (("Latents changed, either way (model-specific vs shared, factor)",
+                   "×2 = twice the share among A- and B-specific latents as among shared ones") if headline else
+                  ("Latent share ratio (S vs T, factor)", "×2 = twice the share among fine-tune-specific latents"))
     b = [f'<text x="{g0}" y="16" font-weight="600">Benchmark Δscore (B − A, points)</text>',
-         f'<text x="{r0}" y="16" font-weight="600">Latent share ratio (S vs T, factor)</text>',
-         f'<text x="{r0}" y="32" fill="#495057" font-size="11">×2 = twice the share among fine-tune-specific latents</text>']
+         f'<text x="{r0}" y="16" font-weight="600">{title}</text>',
+         f'<text x="{r0}" y="32" fill="#495057" font-size="11">{sub}</text>']
     for t in _ticks(glo, ghi):
         b.append(f'<line x1="{GX(t):.1f}" y1="{top - 4}" x2="{GX(t):.1f}" y2="{h - bottom + 4}" stroke="#e9ecef"/>')
         b.append(f'<text x="{GX(t):.1f}" y="{h - bottom + 18}" text-anchor="middle" fill="#495057">{t:+g}</text>')
@@ -205,8 +213,8 @@ def category_chart(categories: Sequence[dict], alpha: float = 0.05, width: int =
     for k, c in enumerate(rows):
         y = top + k * row_h
         ym = y + row_h / 2
-        gap, ls = c.get("score_gap") or {}, c.get("latent_shift") or {}
-        insufficient = bool(ls.get("insufficient"))
+        gap, ls, lc = c.get("score_gap") or {}, c.get("latent_shift") or {}, c.get("latent_change") or {}
+        insufficient = bool((lc if headline else ls).get("insufficient"))
         b.append(f'<g class="row" data-category="{esc(c["name"])}" data-insufficient="{int(insufficient)}">')
         if k % 2:
             b.append(f'<rect x="0" y="{y}" width="{width}" height="{row_h}" fill="#f8f9fa"/>')
@@ -223,9 +231,43 @@ def category_chart(categories: Sequence[dict], alpha: float = 0.05, width: int =
                 b.append(_whisker(GX(lo), GX(hi), ym))
         else:
             b.append(f'<text x="{GX(0) + 6:.1f}" y="{y + 17}" fill="#868e96" font-size="11">no benchmark task</text>')
-        b.append(_ratio_cell(c["name"], ls, insufficient, alpha, RX, r1, y, row_h))
+        b.append(_change_cell(c["name"], lc, ls, insufficient, alpha, RX, r1, y, row_h) if headline
+                 else _ratio_cell(c["name"], ls, insufficient, alpha, RX, r1, y, row_h))
         b.append("</g>")
-    return _svg(width, h, b, "Benchmark gap and latent share ratio per category")
+    return _svg(width, h, b, "Benchmark gap and latent change per category" if headline
+                else "Benchmark gap and latent share ratio per category")
+
+
+def _change_cell(name: str, lc: dict, ls: dict, insufficient: bool, alpha: float, RX, r1: float, y: float,
+                 row_h: int) -> str:
+    """The headline's bar: enrichment factor R (ratio + 1) of the model-specific latents against the shared ones, a
+    dashed whisker from its one-sided interval's lower end to the edge, coloured only when the category changed."""
+    ym = y + row_h / 2
+    if not lc:
+        return f'<text x="{RX(1) + 6:.1f}" y="{y + 17}" fill="#868e96" font-size="11">no latents</text>'
+    n = f'{int(_f(lc.get("n_specific")) or 0)} specific vs {int(_f(lc.get("n_shared")) or 0)} shared latents'
+    if insufficient:
+        x = RX(1)
+        return (f'<g class="marker insufficient"><path d="M{x:.1f},{ym - 6:.1f} L{x + 6:.1f},{ym:.1f} L{x:.1f},{ym + 6:.1f} '
+                f'L{x - 6:.1f},{ym:.1f} Z" fill="#fff" stroke="#495057" stroke-width="1.5"/>'
+                f'<text x="{x + 12:.1f}" y="{y + 17}" fill="#495057">insufficient ({n})</text>'
+                f'<title>{esc(name)}: too few latents to test a change ({n})</title></g>')
+    r = _f(lc.get("ratio"))
+    changed = significant_change(lc, alpha)
+    d = _f(ls.get("share_ratio")) if ls and not ls.get("insufficient") else None
+    direction = "" if d is None else f"; direction ×{d + 1:.2g}"
+    note = (f'<text x="{r1 + 8:.1f}" y="{y + 17}" fill="#495057" font-size="11">q {esc(fmt_p(lc.get("q")))}{direction}'
+            f'<title>{esc(name)}: {esc(n)}</title></text>')
+    if r is None:
+        return note
+    R = r + 1
+    xa, xb = sorted((RX(1), RX(R)))
+    out = (f'<rect class="bar ratio change" x="{xa:.1f}" y="{y + 6}" width="{max(xb - xa, 1):.1f}" height="{row_h - 12}" '
+           f'fill="{CHANGED if changed else GREY}"><title>{esc(name)}: ×{R:.2f} ({esc(n)})</title></rect>')
+    lo = _f(lc.get("ci_low"))
+    if lo is not None:
+        out += _whisker(RX(lo + 1), r1, ym, dashed=True)
+    return out + note
 
 
 def _ratio_cell(name: str, ls: dict, insufficient: bool, alpha: float, RX, r1: float, y: float, row_h: int) -> str:

@@ -222,13 +222,20 @@ def _changed(categories: list, alpha: float) -> Optional[str]:
 
 
 def _unsupported(categories: list, alpha: float) -> Optional[str]:
-    few = [c for c in categories if (c.get("latent_shift") or {}).get("insufficient") and c["name"] != "unassigned"]
-    if not few:
-        return None
+    """The categories the latent headline cannot test (``latent_change`` insufficient), or, in a report without the
+    change test, those the share ratio cannot."""
     cells = []
-    for c in few:
-        ls = c["latent_shift"]
-        cells.append(f"{c['name']} ({int(_f(ls.get('n_S')) or 0)} vs {int(_f(ls.get('n_T')) or 0)} latents)")
+    for c in categories:
+        if c["name"] == "unassigned":
+            continue
+        lc, ls = c.get("latent_change"), c.get("latent_shift") or {}
+        if lc and lc.get("insufficient"):
+            cells.append(f"{c['name']} ({int(_f(lc.get('n_specific')) or 0)} model-specific, "
+                         f"{int(_f(lc.get('n_shared')) or 0)} shared latents)")
+        elif not lc and ls.get("insufficient"):
+            cells.append(f"{c['name']} ({int(_f(ls.get('n_S')) or 0)} vs {int(_f(ls.get('n_T')) or 0)} latents)")
+    if not cells:
+        return None
     return "Too few latents to say anything about " + ", ".join(cells) + "."
 
 

@@ -180,7 +180,7 @@ def report_stage(cfg: RunConfig, stages: Stages, link_dir: Path, inputs: dict[st
     whole config (the report embeds it). ``grounding``: where each category's grounding prompts came from
     (:func:`grounding_provenance`), shown under ``run.grounding`` when a category is not grounded on its benchmark."""
     key = {"link": link_dir.name, "inputs": {a: d.name for a, d in inputs.items()}, "config": cfg.to_dict(),
-           "organism": organism, "version": 1, **({"grounding": grounding} if grounding else {})}
+           "organism": organism, "version": 2, **({"grounding": grounding} if grounding else {})}
 
     def fn(d: Path) -> dict:
         if organism:

@@ -1,7 +1,7 @@
 """Which categories the fine-tune changed, either way: the latent half's headline (docs/method.md#category-change).
 
 The model-specific latents of both directions, S ∪ T, are tested against the live shared latents (firing, with
-0.1 < Δnorm < 0.9) with the headline's machinery (``shift.pooled_category_shift``: counts pooled over crosscoder seeds,
+0.1 < Δnorm < 0.9) with the share ratio's machinery (``shift.pooled_category_shift``: counts pooled over seeds,
 clusters of matched latents as the unit, cluster label-permutation p) but one-sided: is category c's share of the
 model-specific set larger than its share of the shared set? Shares are compositional, so a depleted category is only
 the complement of the enriched ones and the test has one direction. It has no sign with respect to A and B: a
@@ -68,9 +68,10 @@ def category_change(
     ``per_seed``: [(labels of the seed's specific latents S ∪ T, labels of its live shared latents)]; ``clusters``:
     [(their cluster ids)] per seed in the same order (``controls.seed_clusters``; a latent keeps its id whichever set
     it is in). Returns one row per category (taxonomy order, then ``unassigned``): ``category``, ``change_ratio``
-    (share in the specific set / share in the shared set − 1), ``change_ci_low`` (the lower end of its interval at
-    the FCR level; ``change_ci_high`` is inf, the interval being one-sided like the test), ``change_mds`` (the smallest ratio − 1 detectable upward with ``stats.power``; NaN: none),
-    ``change_p`` (one-sided cluster label-permutation p,
+    (share in the specific set / share in the shared set − 1), ``change_ci_low`` (the lower end of its two-sided
+    interval at the FCR level, so conservative as a one-sided bound; ``change_ci_high`` is inf, the interval being
+    one-sided like the test), ``change_mds`` (the smallest ratio − 1 detectable upward with ``stats.power``; NaN:
+    none), ``change_p`` (one-sided cluster label-permutation p,
     alternative "greater"), ``change_q`` (BH over the tested categories; NaN when insufficient or unassigned),
     ``n_specific``, ``n_shared`` (pooled counts over seeds) and ``change_insufficient`` (fewer than
     ``stats.min_count`` clusters carry the category)."""

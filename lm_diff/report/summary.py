@@ -3,12 +3,13 @@ from the results, shown first in report.html, report.md and the terminal. It sta
 own numbers; it computes nothing new.
 
 A category *moves on the benchmarks* when its score-gap CI excludes 0. Its *latents changed* (the latent half's
-headline, docs/method.md#category-change) when the model-specific latents (S ∪ T) over-represent it against the shared
-latents at change q ≤ ``1 − stats.confidence`` with an interval above no change; that says what the fine-tune changed,
-not in which direction, which the benchmark and perplexity gaps give. Its *latents shift* (the seed paper's direction
-statistic, kept for comparability) when the S-vs-T share ratio's q is at most ``1 − stats.confidence`` and the category
-has enough latents (not ``insufficient``). Its *held-out text moves* when its perplexity probe's CI (log-likelihood per
-byte, docs/method.md#perplexity-probes) excludes 0; that is said next to the others, never instead of them.
+headline, docs/method.md#category-change) when the model-specific latents (S ∪ T) over-represent it against the
+shared latents at change q ≤ ``1 − stats.confidence`` with an interval above no change; that says what the fine-tune
+changed, not in which direction, which the benchmark and perplexity gaps give. Its *latents shift* (the seed paper's
+direction statistic, kept for comparability) when the S-vs-T share ratio's q is at most ``1 − stats.confidence`` and
+the category has enough latents (not ``insufficient``). Its *held-out text moves* when its perplexity probe's CI
+(log-likelihood per byte, docs/method.md#perplexity-probes) excludes 0; that is said next to the others, never
+instead of them.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def excludes_zero(ls: dict, lo_key: str = "ci_low", hi_key: str = "ci_high") -> bool:
-    lo, hi = _num(ls.get(lo_key)), _num(ls.get(hi_key))
+def excludes_zero(ls: dict) -> bool:
+    lo, hi = _num(ls.get("ci_low")), _num(ls.get("ci_high"))
     return (lo is not None and lo > 0) or (hi is not None and hi < 0)
 
 

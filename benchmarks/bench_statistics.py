@@ -7,8 +7,8 @@ permutation test (``categorize.shift.pooled_category_shift``) with three ways of
 - ``soft``: every latent weighted by its evidence, π_c ∝ max(0, 2·AUROC_rest − 1) where AUROC vs neutral ≥ 0.5;
 - ``top1``: the single best category with AUROC vs neutral and vs the rest both > 0.6;
 
-``enrich`` asks another question, with the same test made one-sided as ``categorize.change`` does: is category c over-represented among the model-specific latents
-(S ∪ T, both directions) against the live shared latents (0.1 < Δ < 0.9)? It has no sign (a fine-tune that learns a
+``enrich`` is the pipeline's headline, ``categorize.change.category_change`` itself: is category c over-represented
+among the model-specific latents (S ∪ T, both directions) against the live shared latents (0.1 < Δ < 0.9)? It has no sign (a fine-tune that learns a
 broken format gains B-specific latents on that format's prompts), so it says which categories the fine-tune changed,
 not which way;
 
@@ -31,12 +31,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lm_diff.categorize.change import live_shared  # noqa: E402
+from lm_diff.categorize.change import category_change, live_shared  # noqa: E402
 from lm_diff.categorize.shift import pooled_category_shift  # noqa: E402
 from lm_diff.categorize.taxonomy import get_taxonomy  # noqa: E402
 from lm_diff.config import StatsConfig  # noqa: E402
 from lm_diff.crosscoder.model import CrossCoder  # noqa: E402
 from lm_diff.diff.controls import seed_clusters  # noqa: E402
+from lm_diff.schema import CATEGORY, CHANGE_P, CHANGE_Q, CHANGE_RATIO, N_SHARED, N_SPECIFIC  # noqa: E402
 
 
 def seed_stages(run: Path) -> list[tuple[int, Path, Path, Path]]:
@@ -91,23 +92,26 @@ def main(argv=None) -> dict:
     sets = []
     for (_, diff, g, _), cid in zip(items, ids):
         sc = pd.read_parquet(diff / "scaling.parquet")
+        if args.stable_only:
+            sc = sc[sc["stable"].astype(bool)]
         pick = lambda d: sorted(int(j) for j in sc[(sc["direction"] == d) & sc["specific"].astype(bool)  # noqa: E731
-                                                   & (sc["role"] != "baseline")
-                                                   & (sc["stable"].astype(bool) | (not args.stable_only))]["latent"].unique())
+                                                   & (sc["role"] != "baseline")]["latent"].unique())
         lt = pd.read_parquet(diff / "latent_table.parquet")
         shared = live_shared(lt)
         sets.append((pd.read_parquet(g / "grounding.parquet"), pick("B"), pick("A"), cid, shared))
     result: dict = {"run": str(args.run), "seeds": [s for s, *_ in items], "statistics": {}}
     modes = [m for m in args.modes.split(",") if m]
     for mode in modes:
-        if mode == "enrich":  # specific (S ∪ T) against live shared latents, hard labels
-            per_seed = [(labels(g, S + T, "hard"), labels(g, R, "hard")) for g, S, T, _, R in sets]
-            clusters = [(cid[S + T], cid[R]) for _, S, T, cid, R in sets]
+        if mode == "enrich":  # the headline: specific (S ∪ T) against live shared latents, hard labels
+            df = category_change([(labels(g, S + T, "hard"), labels(g, R, "hard")) for g, S, T, _, R in sets],
+                                 [(cid[S + T], cid[R]) for _, S, T, cid, R in sets], tax,
+                                 StatsConfig(permutations=args.permutations))
+            df = df.rename(columns={CATEGORY: "category", CHANGE_RATIO: "share_ratio", CHANGE_P: "p", CHANGE_Q: "q",
+                                    N_SPECIFIC: "n_S", N_SHARED: "n_T"})
         else:
             per_seed = [(labels(g, S, mode), labels(g, T, mode)) for g, S, T, _, _ in sets]
             clusters = [(cid[S], cid[T]) for _, S, T, cid, _ in sets]
-        df = pooled_category_shift(per_seed, clusters, tax, StatsConfig(permutations=args.permutations),
-                                   alternative="greater" if mode == "enrich" else "two-sided")
+            df = pooled_category_shift(per_seed, clusters, tax, StatsConfig(permutations=args.permutations))
         result["statistics"][mode] = {r["category"]: {"share_ratio": r["share_ratio"], "p": r["p"], "q": r["q"],
                                                       "n_S": r["n_S"], "n_T": r["n_T"]}
                                       for r in df.to_dict("records")}

@@ -32,8 +32,8 @@ SETS = ("S", "T")
 SINGLE_SEED = "single_seed"
 POOLED_SEEDS = "pooled_seeds"
 
-# Which categories the fine-tune changed, either way (docs/method.md#category-change): columns of
-# ``categorize.change.category_change``, carried in the shift table next to the headline (report: latent_change).
+# Which categories the fine-tune changed, either way, the latent headline (docs/method.md#category-change): columns
+# of ``categorize.change.category_change``, carried in the shift table beside the share ratio (report: latent_change).
 CHANGE_RATIO = "change_ratio"
 CHANGE_P = "change_p"
 CHANGE_Q = "change_q"

@@ -238,20 +238,29 @@ def category_chart(categories: Sequence[dict], alpha: float = 0.05, width: int =
                 else "Benchmark gap and latent share ratio per category")
 
 
+def _no_latents(RX, y: float) -> str:
+    return f'<text x="{RX(1) + 6:.1f}" y="{y + 17}" fill="#868e96" font-size="11">no latents</text>'
+
+
+def _insufficient(name: str, n: str, what: str, RX, y: float, ym: float) -> str:
+    """The hollow diamond at no change and "insufficient (counts)" of a category with too few latents to ``what``."""
+    x = RX(1)
+    return (f'<g class="marker insufficient"><path d="M{x:.1f},{ym - 6:.1f} L{x + 6:.1f},{ym:.1f} L{x:.1f},{ym + 6:.1f} '
+            f'L{x - 6:.1f},{ym:.1f} Z" fill="#fff" stroke="#495057" stroke-width="1.5"/>'
+            f'<text x="{x + 12:.1f}" y="{y + 17}" fill="#495057">insufficient ({n})</text>'
+            f'<title>{esc(name)}: too few latents to {what} ({n})</title></g>')
+
+
 def _change_cell(name: str, lc: dict, ls: dict, insufficient: bool, alpha: float, RX, r1: float, y: float,
                  row_h: int) -> str:
     """The headline's bar: enrichment factor R (ratio + 1) of the model-specific latents against the shared ones, a
     dashed whisker from its one-sided interval's lower end to the edge, coloured only when the category changed."""
     ym = y + row_h / 2
     if not lc:
-        return f'<text x="{RX(1) + 6:.1f}" y="{y + 17}" fill="#868e96" font-size="11">no latents</text>'
+        return _no_latents(RX, y)
     n = f'{int(_f(lc.get("n_specific")) or 0)} specific vs {int(_f(lc.get("n_shared")) or 0)} shared latents'
     if insufficient:
-        x = RX(1)
-        return (f'<g class="marker insufficient"><path d="M{x:.1f},{ym - 6:.1f} L{x + 6:.1f},{ym:.1f} L{x:.1f},{ym + 6:.1f} '
-                f'L{x - 6:.1f},{ym:.1f} Z" fill="#fff" stroke="#495057" stroke-width="1.5"/>'
-                f'<text x="{x + 12:.1f}" y="{y + 17}" fill="#495057">insufficient ({n})</text>'
-                f'<title>{esc(name)}: too few latents to test a change ({n})</title></g>')
+        return _insufficient(name, n, "test a change", RX, y, ym)
     r = _f(lc.get("ratio"))
     changed = significant_change(lc, alpha)
     d = _f(ls.get("share_ratio")) if ls and not ls.get("insufficient") else None
@@ -273,14 +282,10 @@ def _change_cell(name: str, lc: dict, ls: dict, insufficient: bool, alpha: float
 def _ratio_cell(name: str, ls: dict, insufficient: bool, alpha: float, RX, r1: float, y: float, row_h: int) -> str:
     ym = y + row_h / 2
     if not ls:
-        return f'<text x="{RX(1) + 6:.1f}" y="{y + 17}" fill="#868e96" font-size="11">no latents</text>'
+        return _no_latents(RX, y)
     n = f'{int(_f(ls.get("n_S")) or 0)} vs {int(_f(ls.get("n_T")) or 0)} latents'
     if insufficient:
-        x = RX(1)
-        return (f'<g class="marker insufficient"><path d="M{x:.1f},{ym - 6:.1f} L{x + 6:.1f},{ym:.1f} L{x:.1f},{ym + 6:.1f} '
-                f'L{x - 6:.1f},{ym:.1f} Z" fill="#fff" stroke="#495057" stroke-width="1.5"/>'
-                f'<text x="{x + 12:.1f}" y="{y + 17}" fill="#495057">insufficient ({n})</text>'
-                f'<title>{esc(name)}: too few latents to estimate a share ratio ({n})</title></g>')
+        return _insufficient(name, n, "estimate a share ratio", RX, y, ym)
     r = _f(ls.get("share_ratio"))
     sig = significant_shift(ls, alpha)
     color = (POS if sig > 0 else NEG) if sig else GREY

@@ -121,7 +121,8 @@ def rule_value(rule: Rule, report: dict) -> tuple[Optional[float], str]:
             if not ls:
                 if not (report.get("quality") or {}).get("available"):
                     raise UserError(f"--fail-on {rule.text!r}: latent fields need crosscoder artifacts; pass --diff RUN_DIR")
-                return None, f"no latent shift for category {rule.target}"
+                return None, (f"no latent {'shift' if rule.field in SHIFT_FIELDS else 'change'} for category "
+                              f"{rule.target}")
             v = _num(ls.get({**SHIFT_FIELDS, **CHANGE_FIELDS}[rule.field]))
         elif rule.field == "causal":
             v = _num((c.get("causal") or {}).get("fraction"))
